@@ -1,0 +1,7 @@
+"""The SCALOR model: one file per stage of the paper (see README, "Model")."""
+
+from ..schedules import Schedule
+from .scalor import SCALOR
+from .state import Carry, ObjectState, SequenceOutput
+
+__all__ = ["SCALOR", "Schedule", "Carry", "ObjectState", "SequenceOutput"]

@@ -1,0 +1,138 @@
+"""Background module (SCALOR-SPEC §3.5-§3.8, §4.6): encoder, decoders and the temporal prior."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .distributions import kl_normal, normal_log_prob, sample_normal
+from .encoders import cg, groups_for, log2_int
+
+
+class BackgroundEncoder(nn.Module):
+    """BgEncoder: cat(frame, 1 - A) (B, 4, H, W) -> mean (B, D), raw std (B, D)."""
+
+    def __init__(self, img_size: int, bg_dim: int = 10):
+        super().__init__()
+        n = log2_int(img_size // 4, "img_size / 4")
+        layers: list = []
+        ch = 4
+        for out in ([16, 32, 64] + [64] * n)[:n]:
+            cg(layers, nn.Conv2d(ch, out, 4, 2, 1), out)
+            ch = out
+        layers.append(nn.Conv2d(ch, 2 * bg_dim, 4, 1, 0))
+        self.enc = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, raw_std = self.enc(x).flatten(1).chunk(2, -1)
+        return mean, raw_std
+
+
+class UpsampleDecoder(nn.Module):
+    """BgDecoder: z_bg (B, D) -> background (B, 3, H, W) by 1x1 conv + PixelShuffle stages."""
+
+    def __init__(self, img_size: int, bg_dim: int = 10):
+        super().__init__()
+        rest = img_size // 4  # the last stage always upsamples by 4
+        factors = []
+        while rest >= 4:
+            factors.append(4)
+            rest //= 4
+        if rest == 2:
+            factors.append(2)
+        factors.append(4)
+        ladder = [16, 64] + [128 * 2**i for i in range(len(factors))]
+        chans = ladder[: len(factors)][::-1]
+        layers: list = []
+        cg(layers, nn.Conv2d(bg_dim, 256, 1), 256, 16)
+        ch = 256
+        for r, out in zip(factors, chans):
+            cg(layers, nn.Conv2d(ch, out * r * r, 1), out, shuffle=r)
+            cg(layers, nn.Conv2d(out, out, 3, 1, 1), out)
+            ch = out
+        self.dec = nn.Sequential(*layers)
+        head: list = []
+        cg(head, nn.Conv2d(16, 16, 3, 1, 1), 16)
+        head.append(nn.Conv2d(16, 3, 3, 1, 1))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.head(self.dec(z[:, :, None, None])))
+
+
+class BroadcastDecoder(nn.Module):
+    """Spatial-broadcast decoder (SBD): z_bg tiled with 2 coordinate channels, full-res convs."""
+
+    def __init__(self, img_size: int, bg_dim: int = 10, hid: int = 64):
+        super().__init__()
+        blocks = max(log2_int(img_size, "img_size") - 4, 1)
+        layers: list = []
+        ch = bg_dim + 2
+        for _ in range(blocks):
+            cg(layers, nn.Conv2d(ch, hid, 5, 1, 2), hid, groups_for(hid))
+            ch = hid
+        layers.append(nn.Conv2d(hid, 3, 3, 1, 1))
+        self.dec = nn.Sequential(*layers)
+        lin = torch.linspace(-1, 1, img_size)
+        yy, xx = torch.meshgrid(lin, lin, indexing="ij")
+        self.register_buffer("coords", torch.stack([yy, xx])[None], persistent=False)
+
+    def forward(self, z: Tensor) -> Tensor:
+        b = z.shape[0]
+        h, w = self.coords.shape[-2:]
+        x = torch.cat([self.coords.expand(b, -1, -1, -1), z[:, :, None, None].expand(-1, -1, h, w)], 1)
+        return torch.sigmoid(self.dec(x))
+
+
+@dataclass
+class BackgroundStep:
+    """One frame of background. bg (B,3,H,W); z_bg (B,D); h (B,Hd) prior state; kl, log_imp (B,)."""
+
+    bg: Tensor
+    z_bg: Tensor
+    h: Tensor
+    kl: Tensor
+    log_imp: Tensor
+
+
+class Background(nn.Module):
+    """Background encoder, decoder and the GRU prior p(z_bg,t | z_bg,<t) (SCALOR-SPEC §3.8, §4.6)."""
+
+    def __init__(self, img_size: int, decoder: str = "upsample", bg_dim: int = 10, prior_hid: int = 32):
+        super().__init__()
+        self.bg_dim = bg_dim
+        self.prior_hid = prior_hid
+        self.encoder = BackgroundEncoder(img_size, bg_dim)
+        self.decoder = UpsampleDecoder(img_size, bg_dim) if decoder == "upsample" else BroadcastDecoder(img_size, bg_dim)
+        self.prior_rnn = nn.GRUCell(bg_dim, prior_hid)
+        self.prior_net = nn.Linear(prior_hid, 2 * bg_dim)
+
+    def prior(self, z_prev: Tensor | None, h_prev: Tensor | None, batch: int, ref: Tensor):
+        """p(z_bg): N(0, I) at t = 0, else a residual GRU transition. -> (mean, std, h)."""
+        if z_prev is None:
+            zeros = ref.new_zeros(batch, self.bg_dim)
+            return zeros, torch.ones_like(zeros), ref.new_zeros(batch, self.prior_hid)
+        h = self.prior_rnn(z_prev, h_prev)
+        d_mean, raw_std = self.prior_net(h).chunk(2, -1)
+        return d_mean + z_prev, F.softplus(raw_std), h
+
+    def forward(self, frame: Tensor | None, alpha: Tensor, z_prev: Tensor | None, h_prev: Tensor | None,
+                deterministic: bool, imagine: bool = False, log_imp: bool = False) -> BackgroundStep:
+        """frame (B,3,H,W) or None when imagined, alpha A (B,1,H,W) -> BackgroundStep."""
+        b = alpha.shape[0]
+        p_mean, p_std, h = self.prior(z_prev, h_prev, b, alpha)
+        zero = alpha.new_zeros(b)
+        if imagine:
+            z = sample_normal(p_mean, p_std, deterministic)
+            return BackgroundStep(self.decoder(z), z, h, zero, zero)
+        q_mean, raw_std = self.encoder(torch.cat([frame, 1 - alpha], 1))
+        q_std = F.softplus(raw_std)
+        z = sample_normal(q_mean, q_std, deterministic)
+        kl = kl_normal(q_mean, q_std, p_mean, p_std).sum(-1)
+        li = zero
+        if log_imp:
+            li = (normal_log_prob(z, p_mean, p_std) - normal_log_prob(z, q_mean, q_std)).sum(-1)
+        return BackgroundStep(self.decoder(z), z, h, kl, li)

@@ -1,0 +1,188 @@
+"""Discovery (SCALOR-SPEC §3.9, §4.3): per-cell proposals, accept-reject against what propagation
+explains, and the cap on the number of tracked objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .distributions import (bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob, prob_to_logit,
+                            relaxed_bernoulli, sample_normal)
+from .encoders import GlimpseDecoder, GlimpseEncoder, cg, log2_int
+from .render import BoxCoder, Windows, extract, gather_windows, render_windows
+
+PRES_LOGIT_FACTOR = 8.8
+
+
+@dataclass
+class DiscoveryStep:
+    """Discovery at one frame, K = Gh * Gw cells in raster order.
+
+    z_what (B,K,64); z_where decoded (B,K,4); z_depth (B,K,1); z_pres (B,K) after rejection and cap;
+    z_pres_relaxed (B,K) before them; accept (B,K) bool; windows: rendered [alpha*o, alpha]
+    (B,K,4,wh,ww); kl_* and log_imp (B,).
+    """
+
+    z_what: Tensor
+    z_where: Tensor
+    z_depth: Tensor
+    z_pres: Tensor
+    z_pres_relaxed: Tensor
+    accept: Tensor
+    windows: Windows
+    kl_what: Tensor
+    kl_where: Tensor
+    kl_depth: Tensor
+    kl_pres: Tensor
+    log_imp: Tensor
+
+
+def _head(img_size: int, out: int, hid: int) -> nn.Sequential:
+    """Per-cell 1x1 heads: two layers at H >= 128, one below."""
+    if img_size >= 128:
+        layers: list = []
+        cg(layers, nn.Conv2d(64, hid, 1), hid, 8)
+        layers.append(nn.Conv2d(hid, out, 1))
+        return nn.Sequential(*layers)
+    return nn.Sequential(nn.Conv2d(64, out, 1))
+
+
+class ProposalNet(nn.Module):
+    """ProposalCore: features (B,64,Gh,Gw) and explained alpha (B,1,H,W) -> per-cell raw outputs."""
+
+    def __init__(self, img_size: int, num_cell_h: int, num_cell_w: int, mask_dim: int = 32):
+        super().__init__()
+        side = max(num_cell_h, num_cell_w)
+        n = log2_int(img_size // side, "img_size / grid")
+        layers: list = []
+        ch = 1
+        for i in range(1, n + 1):
+            out = [16, 32, 64][min(i, 3) - 1]
+            cg(layers, nn.Conv2d(ch, out, 4, 2, 1), out)
+            ch = out
+            if i in (2, 3) or 3 < i < n:
+                cg(layers, nn.Conv2d(ch, ch, 3, 1, 1), ch)
+        cg(layers, nn.Conv2d(ch, mask_dim, 1), mask_dim, 8)
+        if num_cell_h != num_cell_w:
+            layers.append(nn.AvgPool2d((side // num_cell_h, side // num_cell_w)))
+        self.mask_encoder = nn.Sequential(*layers)
+        fus: list = []
+        cg(fus, nn.Conv2d(64 + mask_dim, 64, 1), 64, 16)
+        cg(fus, nn.Conv2d(64, 64, 1), 64, 16)
+        self.fusion = nn.Sequential(*fus)
+        self.where_head = _head(img_size, 8, 64)
+        self.pres_head = _head(img_size, 1, 64)
+        self.depth_head = _head(img_size, 2, 32)
+
+    def forward(self, feats: Tensor, alpha_prop: Tensor):
+        """-> pres logit (B,K), depth mean/raw std (B,K,1), where mean/raw std (B,K,4)."""
+        c = self.fusion(torch.cat([feats, self.mask_encoder(alpha_prop)], 1))
+        flat = lambda x: x.flatten(2).transpose(1, 2)  # (B, C, Gh, Gw) -> (B, K, C)  # noqa: E731
+        logit = PRES_LOGIT_FACTOR * torch.tanh(flat(self.pres_head(c))[..., 0])
+        depth = flat(self.depth_head(c))
+        where = flat(self.where_head(c))
+        return logit, depth[..., :1], depth[..., 1:], where[..., :4], where[..., 4:]
+
+
+class Discovery(nn.Module):
+    """Proposes an object in every cell, rejects what propagation already explains, caps the count."""
+
+    def __init__(self, img_size: int, num_cell_h: int, num_cell_w: int, boxes: BoxCoder, glimpse_size: int,
+                 win_hw: tuple[int, int], max_num_obj: int, explained_ratio_threshold: float = 0.3,
+                 gen_disc_pres_probs: float = 0.1, kl_weight_pre_rejection: bool = True, z_what_dim: int = 64):
+        super().__init__()
+        self.proposal = ProposalNet(img_size, num_cell_h, num_cell_w)
+        self.img_hw = (img_size, img_size)
+        self.grid = (num_cell_h, num_cell_w)
+        self.boxes = boxes
+        self.glimpse_size = glimpse_size
+        self.win_hw = win_hw
+        self.max_num_obj = max_num_obj
+        self.explained_ratio_threshold = explained_ratio_threshold
+        self.gen_disc_pres_probs = gen_disc_pres_probs
+        self.kl_weight_pre_rejection = kl_weight_pre_rejection
+        self.z_what_dim = z_what_dim
+        rows, cols = torch.meshgrid(torch.arange(num_cell_h), torch.arange(num_cell_w), indexing="ij")
+        self.register_buffer("cell_xy", torch.stack([cols.flatten(), rows.flatten()], -1).float(), persistent=False)
+
+    @property
+    def num_cells(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def decode_where(self, raw: Tensor) -> Tensor:
+        """Raw (size, ratio, x, y) logits (B,K,4) -> boxes (sx, sy, tx, ty) (B,K,4)."""
+        sx, sy = self.boxes.scale(raw[..., 0], raw[..., 1])
+        gh, gw = self.grid
+        tx = 2.0 / gw * (self.cell_xy[:, 0] + 0.5 + torch.tanh(raw[..., 2])) - 1
+        ty = 2.0 / gh * (self.cell_xy[:, 1] + 0.5 + torch.tanh(raw[..., 3])) - 1
+        return torch.stack([sx, sy, tx, ty], -1)
+
+    def forward(self, feats: Tensor | None, frame: Tensor | None, alpha_prop: Tensor, lengths: Tensor,
+                z_pres_prior: float, tau: float, reject: bool, encoder: GlimpseEncoder, decoder: GlimpseDecoder,
+                deterministic: bool, imagine: bool = False, log_imp: bool = False) -> DiscoveryStep:
+        """feats (B,64,Gh,Gw), frame (B,3,H,W) (both None when imagined), alpha_prop (B,1,H,W)
+        detached and clamped, lengths (B,) objects tracked before this frame -> DiscoveryStep."""
+        b, k = alpha_prop.shape[0], self.num_cells
+        zeros = alpha_prop.new_zeros(b)
+        if imagine:
+            logit = prob_to_logit(alpha_prop.new_full((b, k), self.gen_disc_pres_probs))
+            z_depth = sample_normal(alpha_prop.new_zeros(b, k, 1), alpha_prop.new_ones(b, k, 1), deterministic)
+            raw_where = sample_normal(alpha_prop.new_zeros(b, k, 4), alpha_prop.new_ones(b, k, 4), deterministic)
+            z_what = sample_normal(alpha_prop.new_zeros(b, k, self.z_what_dim),
+                                   alpha_prop.new_ones(b, k, self.z_what_dim), deterministic)
+        else:
+            logit, d_mean, d_raw, w_mean, w_raw = self.proposal(feats, alpha_prop)
+            d_std, w_std = F.softplus(d_raw), F.softplus(w_raw)
+            z_depth = sample_normal(d_mean, d_std, deterministic)
+            raw_where = sample_normal(w_mean, w_std, deterministic)
+        z_pres_relaxed = relaxed_bernoulli(logit, tau, deterministic)
+        z_where = self.decode_where(raw_where)
+        if not imagine:
+            glimpses = extract(frame, z_where, (self.glimpse_size, self.glimpse_size))
+            e_mean, e_raw = encoder(glimpses.flatten(0, 1))
+            e_mean, e_std = e_mean.view(b, k, -1), F.softplus(e_raw).view(b, k, -1)
+            z_what = sample_normal(e_mean, e_std, deterministic)
+        o, a = decoder(z_what.flatten(0, 1))
+        s = self.glimpse_size
+        glimpse = torch.cat([o * a, a], 1).view(b, k, 4, s, s)
+        win = render_windows(glimpse, z_where, self.win_hw, self.img_hw)
+
+        # Accept-reject: a proposal whose binarised mask is mostly covered by propagated objects.
+        if reject:
+            mask = (win.data[:, :, 3] > 0.3) & win.valid
+            covered = gather_windows(win, alpha_prop, self.img_hw)[:, :, 0] > 0.1
+            explained = (mask & covered).flatten(2).sum(-1) / (mask.flatten(2).sum(-1) + 1e-15)
+            accept = explained < self.explained_ratio_threshold
+        else:
+            accept = torch.ones(b, k, dtype=torch.bool, device=alpha_prop.device)
+        z_pres = z_pres_relaxed * accept
+
+        # Cap: at most max_num_obj - lengths cells survive (strictly above the next-largest value).
+        budget = (self.max_num_obj - lengths).clamp(min=0)
+        ranked = z_pres.detach().sort(-1, descending=True).values
+        theta = ranked.gather(1, budget.clamp(max=k - 1)[:, None])
+        theta = torch.where(budget[:, None] >= k, torch.full_like(theta, -1.0), theta)
+        z_pres = z_pres * (z_pres > theta)
+
+        p = z_pres_prior * accept + 1e-8 * (~accept) if reject else torch.full_like(logit, z_pres_prior)
+        if imagine:
+            kls = (zeros, zeros, zeros, zeros)
+        else:
+            w = z_pres_relaxed if self.kl_weight_pre_rejection else z_pres
+            kls = (
+                (w * kl_normal(e_mean, e_std, 0.0, 1.0).sum(-1)).sum(-1),
+                (w * kl_normal(w_mean, w_std, 0.0, 1.0).sum(-1)).sum(-1),
+                (w * kl_normal(d_mean, d_std, 0.0, 1.0).sum(-1)).sum(-1),
+                kl_bernoulli(logit, p).sum(-1),
+            )
+        li = zeros
+        if log_imp and not imagine:
+            zb = (z_pres_relaxed > 0.5).float()
+            lr = lambda x, m, sd: (normal_log_prob(x, 0.0, 1.0) - normal_log_prob(x, m, sd)).sum(-1)  # noqa: E731
+            zp = (z_pres > 0.5).float()
+            li = (zb * (lr(z_what, e_mean, e_std) + lr(z_depth, d_mean, d_std) + lr(raw_where, w_mean, w_std))
+                  + bernoulli_log_prob(zp, p) - bernoulli_log_prob(zp, torch.sigmoid(logit))).sum(-1)
+        return DiscoveryStep(z_what, z_where, z_depth, z_pres, z_pres_relaxed, accept, win, *kls, li)

@@ -1,0 +1,298 @@
+"""SCALOR (SCALOR-SPEC §4): the loop over time of propagation, discovery, compositing, background,
+likelihood and compaction into the next :class:`ObjectState`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..schedules import Schedule
+from .background import Background
+from .discovery import Discovery, DiscoveryStep
+from .distributions import EPS, clamp_st, normal_log_prob
+from .encoders import GlimpseDecoder, GlimpseEncoder, ImageEncoder
+from .propagation import Propagation, PropagationStep
+from .render import (BoxCoder, Windows, boxes_to_xyxy, gather_windows, scatter_windows, scatter_windows_amax,
+                     window_size)
+from .state import Carry, ObjectState, SequenceOutput
+
+GLIMPSE_SIZES = (16, 32, 64)
+CURRICULUM_ALPHA = 0.9  # SCALOR-SPEC §4.5
+
+
+def _pow2(x: int) -> bool:
+    return x > 0 and (x & (x - 1)) == 0
+
+
+@dataclass
+class _Composite:
+    """Per-frame canvases: alpha sum, importance sum and importance-weighted colour sum."""
+
+    alpha: Tensor  # (B, 1, H, W)
+    imp: Tensor  # (B, 1, H, W)
+    colour: Tensor  # (B, 3, H, W)
+
+
+class SCALOR(nn.Module):
+    """Generative world model with scalable object representations.
+
+    forward(video (B,T,3,H,W) in [0,1], schedule) -> SequenceOutput. Layers are derived from
+    (img_size, num_cell_h, num_cell_w, glimpse_size); at the reference's sizes the parameter names
+    and counts match it (SCALOR-SPEC §3.12).
+    """
+
+    def __init__(self, img_size: int = 128, num_cell_h: int = 8, num_cell_w: int = 8, glimpse_size: int = 64,
+                 max_num_obj: int = 45, conv_lstm: bool = True, bg_decoder: str = "upsample",
+                 no_background: bool = False, sigma: float = 0.1, size_anc: float = 0.1, var_s: float = 0.03,
+                 ratio_anc: float = 2.5, var_anc: float = 0.5, explained_ratio_threshold: float = 0.3,
+                 z_pres_disc_threshold: float = 0.7, gen_disc_pres_probs: float = 0.1, observe_frames: int = 5,
+                 nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
+                 kl_weight_pre_rejection: bool = True):
+        super().__init__()
+        self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
+                             glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
+                             size_anc=size_anc, var_s=var_s, ratio_anc=ratio_anc, var_anc=var_anc,
+                             explained_ratio_threshold=explained_ratio_threshold,
+                             z_pres_disc_threshold=z_pres_disc_threshold, gen_disc_pres_probs=gen_disc_pres_probs,
+                             observe_frames=observe_frames, nll_samples=nll_samples)
+        self.img_hw = (img_size, img_size)
+        self.grid = (num_cell_h, num_cell_w)
+        self.glimpse_size = glimpse_size
+        self.max_num_obj = max_num_obj
+        self.sigma = sigma
+        self.z_pres_disc_threshold = z_pres_disc_threshold
+        self.observe_frames = observe_frames
+        self.nll_samples = nll_samples
+        self.deterministic = deterministic
+        self.no_background = no_background
+        boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
+        self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
+
+        self.image_encoder = ImageEncoder(img_size, num_cell_h, num_cell_w, conv_lstm)
+        self.glimpse_encoder = GlimpseEncoder(glimpse_size)
+        self.glimpse_decoder = GlimpseDecoder(glimpse_size, img_size)
+        self.propagation = Propagation(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw,
+                                       double_softplus_what_std)
+        self.discovery = Discovery(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw, max_num_obj,
+                                   explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection)
+        self.background = None if no_background else Background(img_size, bg_decoder)
+
+    # ------------------------------------------------------------------ config
+    @staticmethod
+    def validate_config(img_size: int = 128, num_cell_h: int = 8, num_cell_w: int = 8, glimpse_size: int = 64,
+                        max_num_obj: int = 45, bg_decoder: str = "upsample", sigma: float = 0.1,
+                        size_anc: float = 0.1, var_s: float = 0.03, ratio_anc: float = 2.5, var_anc: float = 0.5,
+                        explained_ratio_threshold: float = 0.3, z_pres_disc_threshold: float = 0.7,
+                        gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
+                        **_ignored) -> None:
+        """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
+        if not (_pow2(img_size) and img_size >= 32):
+            raise ConfigError(f"data.img_size={img_size} is not supported: use a power of two >= 32 (e.g. 64 or 128).")
+        for key, g in (("num_cell_h", num_cell_h), ("num_cell_w", num_cell_w)):
+            if not (_pow2(g) and g >= 2):
+                raise ConfigError(f"grid.{key}={g} is not supported: use a power of two >= 2 (e.g. grid=4x4 or 8x8).")
+        side = max(num_cell_h, num_cell_w)
+        if img_size // side < 2:
+            raise ConfigError(f"grid {num_cell_h}x{num_cell_w} does not divide the feature map of a {img_size}px "
+                              f"image: use a grid of at most {img_size // 2} cells per side or a larger data.img_size.")
+        if glimpse_size not in GLIMPSE_SIZES:
+            raise ConfigError(f"model.glimpse_size={glimpse_size} is not supported: use one of {GLIMPSE_SIZES}.")
+        if int(max_num_obj) < 1:
+            raise ConfigError(f"model.max_num_obj={max_num_obj} must be >= 1.")
+        if bg_decoder not in ("upsample", "sbd"):
+            raise ConfigError(f"model.bg_decoder={bg_decoder!r} is unknown: use 'upsample' or 'sbd'.")
+        if not sigma > 0:
+            raise ConfigError(f"model.sigma={sigma} must be > 0 (the pixel likelihood's std, e.g. 0.1).")
+        if not (0 < var_s < size_anc):
+            raise ConfigError(f"model.var_s={var_s} must be in (0, model.size_anc={size_anc}) so boxes keep a size.")
+        if not (0 <= var_anc < ratio_anc):
+            raise ConfigError(f"model.var_anc={var_anc} must be in [0, model.ratio_anc={ratio_anc}).")
+        if not (0 < explained_ratio_threshold <= 1):
+            raise ConfigError(f"model.explained_ratio_threshold={explained_ratio_threshold} must be in (0, 1].")
+        if not (0 <= z_pres_disc_threshold < 1):
+            raise ConfigError(f"model.z_pres_disc_threshold={z_pres_disc_threshold} must be in [0, 1).")
+        if not (0 < gen_disc_pres_probs < 1):
+            raise ConfigError(f"model.gen_disc_pres_probs={gen_disc_pres_probs} must be in (0, 1).")
+        if int(observe_frames) < 0:
+            raise ConfigError(f"model.observe_frames={observe_frames} must be >= 0.")
+        if int(nll_samples) < 1:
+            raise ConfigError(f"model.nll_samples={nll_samples} must be >= 1.")
+
+    # ------------------------------------------------------------------ helpers
+    def initial_carry(self, batch: int, device, dtype=torch.float32) -> Carry:
+        """Nothing tracked yet: one empty slot per element, IDs starting at 1."""
+        return Carry(ObjectState.empty(batch, device, dtype), None, None, None,
+                     torch.ones(batch, dtype=torch.long, device=device))
+
+    def _canvases(self, win: Windows, z_pres: Tensor, z_depth: Tensor) -> _Composite:
+        """Scatter one object group into canvases, from one alpha render per object (exact).
+
+        alpha_i = z_i * render(a), importance_i = z_i * sigmoid(-d_i) * render(a), colour_i =
+        z_i * render(a * o); the canvases hold sum(alpha_i), sum(importance_i), sum(importance_i * colour_i).
+        """
+        ra = win.data[:, :, 3:4]
+        imp_w = (z_pres * torch.sigmoid(-z_depth[..., 0]))[..., None, None, None]
+        z = z_pres[..., None, None, None]
+        values = torch.cat([z * ra, imp_w * ra, imp_w * ra * z * win.data[:, :, :3]], 2)
+        canvas = scatter_windows(win, values, self.img_hw)
+        return _Composite(canvas[:, :1], canvas[:, 1:2], canvas[:, 2:])
+
+    def _segmentation(self, groups: list[tuple[Windows, Tensor, Tensor, Tensor]]) -> Tensor:
+        """(B, H, W) int64 ID of the most important object with alpha > 0.3 per pixel (0: none)."""
+        keys = []
+        for win, z, d, ids in groups:
+            ra = win.data[:, :, 3]
+            imp = (z * torch.sigmoid(-d[..., 0]))[..., None, None] * ra
+            keys.append(torch.where(z[..., None, None] * ra > 0.3, imp, torch.full_like(imp, -1.0)))
+        best = None
+        for win, key in zip((g[0] for g in groups), keys):
+            m = scatter_windows_amax(win, key, self.img_hw)
+            best = m if best is None else torch.maximum(best, m)
+        seg = torch.zeros_like(best, dtype=torch.long)
+        for (win, _, _, ids), key in zip(groups, keys):
+            top = gather_windows(win, best[:, None], self.img_hw)[:, :, 0]
+            win_ids = torch.where((key >= 0) & (key == top), ids[..., None, None].to(key.dtype), torch.zeros_like(key))
+            seg = torch.maximum(seg, scatter_windows_amax(win, win_ids, self.img_hw).clamp(min=0).long())
+        return seg
+
+    def _compact(self, state: ObjectState, prop: PropagationStep | None, disc: DiscoveryStep, next_id: Tensor,
+                 detach: bool) -> tuple[ObjectState, Tensor, Tensor]:
+        """Keep surviving tracked objects (previous order) then new ones (raster order), by one gather.
+
+        Returns the next state, the kept count (B,) and the updated next_id (B,). One host sync: the
+        new slot count (SCALOR-SPEC §4.7 step 3).
+        """
+        b, k = disc.z_pres.shape
+        keep_disc = disc.z_pres > self.z_pres_disc_threshold
+        new_ids = next_id[:, None] + keep_disc.long().cumsum(1) - 1
+        zk = lambda d: disc.z_what.new_zeros(b, k, d)  # noqa: E731
+        cand = dict(z_what=disc.z_what, z_where=disc.z_where, z_where_bias=zk(4), z_depth=disc.z_depth,
+                    z_pres=disc.z_pres[..., None], h=zk(state.h.shape[-1]), prior_h=zk(state.prior_h.shape[-1]),
+                    prior_c=zk(state.prior_c.shape[-1]), c_abs=zk(1), ids=torch.where(keep_disc, new_ids, 0))
+        keep = keep_disc
+        if prop is not None:
+            old = dict(z_what=prop.z_what, z_where=prop.z_where, z_where_bias=prop.z_where_bias,
+                       z_depth=prop.z_depth, z_pres=prop.z_pres[..., None], h=prop.h, prior_h=prop.prior_h,
+                       prior_c=prop.prior_c, c_abs=prop.c_abs, ids=state.ids)
+            cand = {key: torch.cat([old[key], cand[key]], 1) for key in cand}
+            keep = torch.cat([prop.z_pres > 0, keep_disc], 1)
+        count = keep.sum(1)
+        n_new = max(int(count.max()), 1)
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :n_new]
+        take = lambda x: x.gather(1, order.view(b, n_new, *([1] * (x.dim() - 2))).expand(b, n_new, *x.shape[2:]))  # noqa: E731
+        new = ObjectState(**{key: take(val) for key, val in cand.items()}, mask=take(keep))
+        if detach:
+            new = new.detach()
+        return new, count, next_id + keep_disc.sum(1)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, video: Tensor, schedule: Schedule = Schedule(), carry: Carry | None = None,
+                observe_frames: int | None = None, visuals: bool = False, log_imp: bool = False) -> SequenceOutput:
+        """Run the model over a sequence.
+
+        video (B,T,3,H,W) in [0,1]. carry continues an earlier window of the same sequences.
+        observe_frames: None for inference; k >= 0 to infer frames t < k and imagine the rest from
+        the priors (generation; video frames t >= k are then only used for the likelihood).
+        log_imp: also return the importance log-ratios of the NLL estimate (SCALOR-SPEC §4.10).
+        """
+        b, t_len = video.shape[:2]
+        det = self.deterministic
+        if carry is None:
+            carry = self.initial_carry(b, video.device, video.dtype)
+        n_obs = t_len if observe_frames is None else min(observe_frames, t_len)
+        feats, lstm = (self.image_encoder(video[:, :n_obs], carry.lstm) if n_obs > 0 else (None, carry.lstm))
+        state, z_bg, h_bg, next_id = carry.objects, carry.z_bg, carry.h_bg, carry.next_id
+        n_alive = int(state.mask.sum(1).max()) if state.mask.numel() else 0
+        terms = {key: [] for key in ("log_like", "kl_what", "kl_where", "kl_depth", "kl_pres", "kl_bg", "log_imp")}
+        recon, counts, boxes, ids, presence = [], [], [], [], []
+        vis = {key: [] for key in ("bg", "fg", "alpha", "seg", "disc_boxes", "disc_pres", "prop_boxes",
+                                   "prop_pres")} if visuals else None
+        zeros_b = video.new_zeros(b)
+        for t in range(t_len):
+            imagine = t >= n_obs
+            frame = None if imagine else video[:, t]
+            f_t = None if imagine else feats[:, t]
+            lengths = state.mask.sum(1)
+
+            prop = None
+            if n_alive > 0:
+                prop = self.propagation(state, f_t, frame, schedule.tau, self.glimpse_encoder, self.glimpse_decoder,
+                                        det, imagine, log_imp)
+                prop_c = self._canvases(prop.windows, prop.z_pres, prop.z_depth)
+                alpha_prop = clamp_st(prop_c.alpha).detach()
+            else:
+                alpha_prop = video.new_zeros(b, 1, *self.img_hw)
+            disc = self.discovery(f_t, frame, alpha_prop, lengths, schedule.z_pres_prior, schedule.tau,
+                                  reject=prop is not None,
+                                  encoder=self.glimpse_encoder, decoder=self.glimpse_decoder, deterministic=det,
+                                  imagine=imagine, log_imp=log_imp)
+            disc_c = self._canvases(disc.windows, disc.z_pres, disc.z_depth)
+
+            # Compositing (SCALOR-SPEC §4.4-§4.5): importance-normalised colours, total alpha.
+            imp = disc_c.imp + (prop_c.imp if prop is not None else 0)
+            colour = disc_c.colour + (prop_c.colour if prop is not None else 0)
+            fg = colour / (imp + EPS)
+            prop_alpha = prop_c.alpha if prop is not None else 0
+            disc_alpha = CURRICULUM_ALPHA * disc.z_pres.shape[1] if schedule.bg_alpha_curriculum else disc_c.alpha
+            alpha = clamp_st(prop_alpha + disc_alpha + torch.zeros_like(disc_c.alpha))
+
+            if self.background is None:
+                bg, kl_bg, li_bg = torch.zeros_like(fg), zeros_b, zeros_b
+            else:
+                step = self.background(frame, alpha, z_bg, h_bg, det, imagine, log_imp)
+                bg, kl_bg, li_bg, z_bg, h_bg = step.bg, step.kl, step.log_imp, step.z_bg, step.h
+            y = fg + (1 - alpha) * bg
+            terms["log_like"].append(normal_log_prob(video[:, t], y, self.sigma).flatten(1).sum(1))
+            for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
+                terms[key].append(getattr(disc, key) + (getattr(prop, key) if prop is not None else 0))
+            terms["kl_bg"].append(kl_bg)
+            terms["log_imp"].append(disc.log_imp + (prop.log_imp if prop is not None else 0) + li_bg)
+            recon.append(y)
+
+            if visuals:
+                groups = [(disc.windows, disc.z_pres, disc.z_depth,
+                           torch.where(disc.z_pres > self.z_pres_disc_threshold,
+                                       next_id[:, None] + (disc.z_pres > self.z_pres_disc_threshold).long().cumsum(1) - 1, 0))]
+                if prop is not None:
+                    groups.insert(0, (prop.windows, prop.z_pres, prop.z_depth, state.ids))
+                vis["bg"].append(bg.detach())
+                vis["fg"].append(fg.detach())
+                vis["alpha"].append(alpha.detach())
+                vis["seg"].append(self._segmentation([tuple(x.detach() if torch.is_tensor(x) else x for x in g)
+                                                      for g in groups]))
+                vis["disc_boxes"].append(boxes_to_xyxy(disc.z_where).detach())
+                vis["disc_pres"].append(disc.z_pres.detach())
+                vis["prop_boxes"].append(boxes_to_xyxy(prop.z_where).detach() if prop is not None
+                                         else video.new_zeros(b, 1, 4))
+                vis["prop_pres"].append(prop.z_pres.detach() if prop is not None else video.new_zeros(b, 1))
+
+            state, count, next_id = self._compact(state, prop, disc, next_id, schedule.detach)
+            n_alive = state.num_slots if bool(count.max() > 0) else 0
+            counts.append(count)
+            boxes.append(boxes_to_xyxy(state.z_where).detach() * state.mask[..., None])
+            ids.append(torch.where(state.mask, state.ids, -1))
+            presence.append((state.z_pres[..., 0] * state.mask).detach())
+
+        mean_t = {key: torch.stack(val, 1).mean(1) for key, val in terms.items() if key != "log_imp"}
+        out_vis = None
+        if visuals:
+            out_vis = {key: _pad_stack(val, 0) for key, val in vis.items()}
+            out_vis["recon"] = torch.stack(recon, 1).detach()
+        return SequenceOutput(
+            recon=torch.stack(recon, 1), **mean_t, log_imp=torch.stack(terms["log_imp"], 1).sum(1),
+            counts=torch.stack(counts, 1), boxes=_pad_stack(boxes, 0.0), ids=_pad_stack(ids, -1),
+            presence=_pad_stack(presence, 0.0),
+            carry=Carry(state, lstm, z_bg, h_bg, next_id), visuals=out_vis,
+        )
+
+
+def _pad_stack(items: list[Tensor], fill) -> Tensor:
+    """Stack (B, n_t, ...) tensors over time, padding dim 1 to the largest n_t -> (B, T, n, ...)."""
+    if items[0].dim() < 2 or all(x.shape[1:] == items[0].shape[1:] for x in items):
+        return torch.stack(items, 1)
+    n = max(x.shape[1] for x in items)
+    padded = [torch.cat([x, x.new_full((x.shape[0], n - x.shape[1], *x.shape[2:]), fill)], 1) for x in items]
+    return torch.stack(padded, 1)

@@ -1,0 +1,77 @@
+"""Training schedules of SCALOR-SPEC §2.6 and §5, as pure functions of the optimiser step.
+
+The model holds no step counter: the LightningModule computes a :class:`Schedule` from
+``trainer.global_step`` (the number of optimiser steps already taken) and passes it to
+``SCALOR.forward``. A resumed run therefore continues exactly.
+
+Step convention (as the reference): the temperature uses the step *before* the update being
+computed (``global_step``), every other schedule the step *after* it (``global_step + 1``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The per-step values the model reads.
+
+    tau: relaxed-Bernoulli temperature; z_pres_prior: discovery presence prior probability;
+    detach: detach the carried object state between frames; bg_alpha_curriculum: replace the
+    discovery alpha canvases by a constant (SCALOR-SPEC §4.5).
+    """
+
+    tau: float = 1.0
+    z_pres_prior: float = 0.1
+    detach: bool = True
+    bg_alpha_curriculum: bool = False
+
+
+def tau_at(step: int, start: float = 1.0, end: float = 0.5, decay_steps: float = 20000.0) -> float:
+    """Exponential decay from ``start`` towards ``end``, reaching it at ``decay_steps``, floored there."""
+    if decay_steps <= 0:
+        return end
+    return max(start * math.exp(step * math.log(end / start) / decay_steps), end)
+
+
+def linear_anneal(step: int, start: float, end: float, steps: int) -> float:
+    """``start`` at step <= 0, linear to ``end`` at ``steps``, constant after (SCALOR-SPEC §2.6)."""
+    if step <= 0:
+        return start
+    if step >= steps:
+        return end
+    return start + (end - start) * step / steps
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """All schedule parameters; ``at(global_step)`` gives the :class:`Schedule` for that step.
+
+    Defaults are the reference's: tau 1 -> 0.5 over 20k steps, z_pres prior 0.1 -> 1e-3 over 500
+    steps, state detached until step 30k, background-alpha curriculum off (200 steps when on).
+    """
+
+    tau_start: float = 1.0
+    tau_end: float = 0.5
+    tau_decay_steps: float = 20000.0
+    z_pres_prior_start: float = 0.1
+    z_pres_prior_end: float = 1e-3
+    z_pres_anneal_steps: int = 500
+    remove_detach: bool = True
+    remove_detach_step: int = 30000
+    bg_alpha_curriculum: bool = False
+    bg_alpha_curriculum_steps: int = 200
+
+    def at(self, global_step: int) -> Schedule:
+        """Schedule for the optimiser update that follows ``global_step`` completed updates."""
+        post = global_step + 1
+        return Schedule(
+            tau=tau_at(global_step, self.tau_start, self.tau_end, self.tau_decay_steps),
+            z_pres_prior=linear_anneal(
+                post, self.z_pres_prior_start, self.z_pres_prior_end, self.z_pres_anneal_steps
+            ),
+            detach=(not self.remove_detach) or post < self.remove_detach_step,
+            bg_alpha_curriculum=self.bg_alpha_curriculum and post < self.bg_alpha_curriculum_steps,
+        )
