@@ -3,6 +3,7 @@ likelihood and compaction into the next :class:`ObjectState`."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -287,6 +288,20 @@ class SCALOR(nn.Module):
             presence=_pad_stack(presence, 0.0),
             carry=Carry(state, lstm, z_bg, h_bg, next_id), visuals=out_vis,
         )
+
+
+    @torch.no_grad()
+    def importance_nll(self, video: Tensor, schedule: Schedule = Schedule(), samples: int | None = None) -> Tensor:
+        """(B,) importance-weighted NLL estimate in nats per sequence (SCALOR-SPEC §4.10).
+
+        Each sample's log weight is T * log_like + log_imp; NLL = -(logsumexp_K - log K).
+        """
+        k = samples or self.nll_samples
+        log_w = []
+        for _ in range(k):
+            out = self(video, schedule, log_imp=True)
+            log_w.append(video.shape[1] * out.log_like + out.log_imp)
+        return -(torch.logsumexp(torch.stack(log_w), 0) - math.log(k))
 
 
 def _pad_stack(items: list[Tensor], fill) -> Tensor:

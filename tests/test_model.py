@@ -1,0 +1,298 @@
+"""SCALOR model core: shapes, parameter counts, gradients, rendering, discovery, compaction, IDs."""
+
+import math
+
+import pytest
+import torch
+
+from scalor.errors import ConfigError
+from scalor.model import SCALOR, Schedule
+from scalor.model.discovery import Discovery
+from scalor.model.distributions import kl_bernoulli, kl_normal
+from scalor.model.encoders import GlimpseDecoder, GlimpseEncoder
+from scalor.model.render import (BoxCoder, extract, gather_windows, render_full, render_windows, scatter_windows,
+                                 window_size)
+from scalor.model.state import ObjectState
+
+torch.set_num_threads(1)
+
+
+def params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def tiny(**kw):
+    base = dict(img_size=64, num_cell_h=4, num_cell_w=4, max_num_obj=6, glimpse_size=16)
+    base.update(kw)
+    return SCALOR(**base)
+
+
+@pytest.mark.parametrize("kw,expected", [
+    ({}, 5_000_002),
+    ({"conv_lstm": False}, 4_385_090),
+    ({"bg_decoder": "sbd"}, 2_812_754),
+    ({"glimpse_size": 32}, 4_643_538),
+    ({"img_size": 64}, 3_175_570),
+    ({"img_size": 64, "num_cell_h": 4, "num_cell_w": 4, "max_num_obj": 10}, 3_190_290),
+    ({"no_background": True}, 2_387_287),
+])
+def test_parameter_counts_match_spec(kw, expected):
+    assert params(SCALOR(**kw)) == expected
+
+
+@pytest.mark.parametrize("kw", [
+    dict(img_size=64, num_cell_h=4, num_cell_w=4),
+    dict(img_size=64, num_cell_h=8, num_cell_w=8),
+    dict(img_size=64, num_cell_h=16, num_cell_w=16),
+    dict(img_size=128, num_cell_h=4, num_cell_w=4),
+    dict(img_size=128, num_cell_h=8, num_cell_w=8),
+    dict(img_size=128, num_cell_h=16, num_cell_w=16),
+    dict(img_size=128, num_cell_h=8, num_cell_w=4),
+    dict(img_size=64, num_cell_h=2, num_cell_w=8),
+    dict(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=32),
+    dict(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=64),
+    dict(img_size=64, num_cell_h=4, num_cell_w=4, conv_lstm=False),
+    dict(img_size=64, num_cell_h=4, num_cell_w=4, bg_decoder="sbd"),
+    dict(img_size=64, num_cell_h=4, num_cell_w=4, no_background=True),
+    dict(img_size=64, num_cell_h=4, num_cell_w=4, max_num_obj=40),  # cap >= cells
+])
+def test_shapes_and_finiteness(kw):
+    kw.setdefault("glimpse_size", 16)
+    kw.setdefault("max_num_obj", 12)
+    torch.manual_seed(0)
+    m = SCALOR(**kw)
+    h = kw["img_size"]
+    out = m(torch.rand(2, 3, 3, h, h), Schedule())
+    assert out.recon.shape == (2, 3, 3, h, h)
+    for name in ("log_like", "kl_what", "kl_where", "kl_depth", "kl_pres", "kl_bg"):
+        v = getattr(out, name)
+        assert v.shape == (2,) and torch.isfinite(v).all(), name
+    assert torch.isfinite(out.recon).all()
+    n = out.boxes.shape[2]
+    assert out.counts.shape == (2, 3) and out.ids.shape == (2, 3, n) and out.presence.shape == (2, 3, n)
+    assert (out.counts <= kw["max_num_obj"]).all()
+    assert ((out.ids >= 0).sum(-1) == out.counts).all()
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    m = tiny()
+    # Undetached state so the propagation prior's inputs carry gradients too.
+    out = m(torch.rand(2, 3, 3, 64, 64), Schedule(detach=False))
+    out.neg_elbo.mean().backward()
+    dead = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not dead, dead
+
+
+def test_kl_terms_match_torch_distributions():
+    from torch.distributions import Bernoulli, Normal, kl_divergence
+    g = torch.Generator().manual_seed(0)
+    mq, sq, mp, sp = torch.randn(4, 10, generator=g), torch.rand(4, 10, generator=g) + 0.1, \
+        torch.randn(4, 10, generator=g), torch.rand(4, 10, generator=g) + 0.1
+    torch.testing.assert_close(kl_normal(mq, sq, mp, sp), kl_divergence(Normal(mq, sq), Normal(mp, sp)))
+    logit, p = torch.randn(50, generator=g) * 3, torch.rand(50, generator=g) * 0.98 + 0.01
+    torch.testing.assert_close(kl_bernoulli(logit, p), kl_divergence(Bernoulli(logits=logit), Bernoulli(probs=p)),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_extract_then_render_round_trips_a_box():
+    img = torch.zeros(1, 1, 64, 64)
+    img[..., 20:36, 12:20] = 1.0  # an 8x16 px block
+    box = torch.tensor([[[8 / 64, 16 / 64, (16 - 32) / 32, (28 - 32) / 32]]])  # sx, sy, tx, ty
+    g = extract(img, box, (32, 32))
+    assert g.mean() > 0.9  # the glimpse is filled by the block
+    back = render_full(g, box, (64, 64))[:, 0]
+    inner = back[..., 21:35, 13:19]
+    assert torch.allclose(inner, torch.ones_like(inner), atol=1e-5)
+    assert back.sum() == pytest.approx(img.sum(), rel=0.06)
+
+
+def test_windowed_render_equals_full_canvas_oracle():
+    torch.manual_seed(0)
+    coder = BoxCoder()
+    b, m, s, hw = 2, 7, 16, (64, 64)
+    raw = torch.randn(b, m, 2) * 3
+    sx, sy = coder.scale(raw[..., 0], raw[..., 1])
+    centre = torch.rand(b, m, 2) * 2.3 - 1.15  # includes boxes crossing the border
+    boxes = torch.cat([sx[..., None], sy[..., None], centre], -1)
+    glimpses = torch.rand(b, m, 4, s, s)
+    win_hw = window_size(*coder.max_scale, s, hw)
+    win = render_windows(glimpses, boxes, win_hw, hw)
+    full = render_full(glimpses, boxes, hw)
+    weights = torch.rand(b, m, 1, 1, 1)
+    torch.testing.assert_close(scatter_windows(win, win.data * weights, hw), (full * weights).sum(1),
+                               atol=1e-5, rtol=1e-5)
+    # Nothing is lost: every window pixel inside the image maps to its canvas pixel.
+    canvas = torch.rand(b, 3, *hw)
+    g = gather_windows(win, canvas, hw)
+    assert (g[~win.valid[:, :, None].expand_as(g)] == 0).all()
+
+
+def test_proposal_covered_by_propagation_is_rejected_uncovered_accepted():
+    torch.manual_seed(0)
+    coder = BoxCoder()
+    s = 16
+    disc = Discovery(64, 4, 4, coder, s, window_size(*coder.max_scale, s, (64, 64)), max_num_obj=100)
+    enc, dec = GlimpseEncoder(s), GlimpseDecoder(s, 64)
+    torch.nn.init.constant_(dec.alpha[0].bias, 5.0)  # opaque glimpses: every proposal has a mask
+    feats = torch.randn(1, 64, 4, 4)
+    frame = torch.rand(1, 3, 64, 64)
+    covered = torch.zeros(1, 1, 64, 64)
+    covered[..., :, :32] = 1.0  # left half explained by propagated objects
+    step = disc(feats, frame, covered, torch.zeros(1, dtype=torch.long), 0.1, 1.0, True, enc, dec, True)
+    sx, sy, tx, ty = step.z_where[0].unbind(-1)
+    inside = (tx.abs() + sx < 1) & (ty.abs() + sy < 1)  # on screen, so the mask is not empty
+    left = inside & (tx + sx * 1.1 < -0.05)  # box entirely in the left half
+    right = inside & (tx - sx * 1.1 > 0.05)
+    assert left.any() and right.any()
+    assert not step.accept[0, left].any()
+    assert step.accept[0, right].all()
+    assert (step.z_pres[0, left] == 0).all()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "generate", "generate_t0"])
+def test_cap_holds_in_every_mode(mode):
+    torch.manual_seed(0)
+    m = tiny(max_num_obj=3, gen_disc_pres_probs=0.9)
+    m.train(mode == "train")
+    with torch.no_grad():
+        obs = {"generate": 2, "generate_t0": 0}.get(mode)
+        out = m(torch.rand(2, 5, 3, 64, 64), Schedule(tau=0.5), observe_frames=obs)
+    assert (out.counts <= 3).all()
+    assert (out.counts == 3).any()  # the cap is reached, not trivially satisfied
+    assert torch.isfinite(out.recon).all()
+
+
+def test_ids_unique_and_never_reused_over_20_frames():
+    torch.manual_seed(1)
+    m = tiny(max_num_obj=5)
+    torch.nn.init.constant_(m.propagation.pres_net[2].bias, -2.0)  # presence logits near 0: objects die
+    with torch.no_grad():
+        out = m(torch.rand(2, 20, 3, 64, 64), Schedule(tau=0.3))
+    for b in range(2):
+        seen_dead, alive_prev = set(), set()
+        for t in range(20):
+            ids = [int(i) for i in out.ids[b, t] if i >= 0]
+            assert len(ids) == len(set(ids)), "duplicate ID in a frame"
+            assert not (set(ids) & seen_dead), "a dead object's ID was reused"
+            seen_dead |= alive_prev - set(ids)
+            alive_prev = set(ids)
+        assert len(seen_dead) > 0  # objects did die, so reuse was possible
+
+
+def test_batched_compaction_equals_per_element_loop():
+    torch.manual_seed(0)
+    m = tiny(max_num_obj=8)
+    with torch.no_grad():
+        video = torch.rand(3, 2, 3, 64, 64)
+        out1 = m(video[:, :1], Schedule(tau=0.5, detach=True))
+        state = out1.carry.objects
+        # One more frame by hand: propagation + discovery, then compact both ways.
+        feats, _ = m.image_encoder(video[:, 1:2], out1.carry.lstm)
+        prop = m.propagation(state, feats[:, 0], video[:, 1], 0.5, m.glimpse_encoder, m.glimpse_decoder, False)
+        alpha = m._canvases(prop.windows, prop.z_pres, prop.z_depth).alpha.clamp(0, 1)
+        disc = m.discovery(feats[:, 0], video[:, 1], alpha, state.mask.sum(1), 0.1, 0.5, True,
+                           m.glimpse_encoder, m.glimpse_decoder, False)
+        new, count, next_id = m._compact(state, prop, disc, out1.carry.next_id, True)
+    for b in range(3):
+        rows = []
+        for i in range(state.num_slots):
+            if prop.z_pres[b, i] > 0:
+                rows.append((prop.z_what[b, i], prop.z_where[b, i], int(state.ids[b, i])))
+        nid = int(out1.carry.next_id[b])
+        for k in range(disc.z_pres.shape[1]):
+            if disc.z_pres[b, k] > m.z_pres_disc_threshold:
+                rows.append((disc.z_what[b, k], disc.z_where[b, k], nid))
+                nid += 1
+        assert int(count[b]) == len(rows) and int(next_id[b]) == nid
+        assert int(new.mask[b].sum()) == len(rows) and not new.mask[b, len(rows):].any()
+        for j, (what, where, oid) in enumerate(rows):
+            assert torch.equal(new.z_what[b, j], what) and torch.equal(new.z_where[b, j], where)
+            assert int(new.ids[b, j]) == oid
+    assert (count > 0).all()
+
+
+def test_fresh_weights_saturate_the_cap_and_noise_likelihood():
+    """SCALOR-SPEC §10: with fresh weights the count saturates at max_num_obj by t = 1-3, and the
+    per-frame log-likelihood of uniform noise at 128 px is about -1.8e5."""
+    torch.manual_seed(0)
+    m = SCALOR(glimpse_size=16)
+    with torch.no_grad():
+        out = m(torch.rand(1, 4, 3, 128, 128), Schedule())
+    assert 15 <= int(out.counts[0, 0]) <= 45
+    assert int(out.counts[0, -1]) == 45
+    assert -3.0e5 < float(out.log_like[0]) < -1.2e5
+
+
+def test_bg_alpha_curriculum_removes_the_background():
+    torch.manual_seed(0)
+    m = tiny()
+    with torch.no_grad():
+        out = m(torch.rand(1, 2, 3, 64, 64), Schedule(bg_alpha_curriculum=True), visuals=True)
+    assert torch.equal(out.visuals["alpha"], torch.ones_like(out.visuals["alpha"]))
+    torch.testing.assert_close(out.recon, out.visuals["fg"])
+
+
+def test_generation_writes_every_frame_and_t0_works():
+    torch.manual_seed(0)
+    m = tiny()
+    m.eval()
+    with torch.no_grad():
+        cond = m(torch.rand(2, 6, 3, 64, 64), Schedule(), observe_frames=3)
+        free = m(torch.zeros(2, 6, 3, 64, 64), Schedule(), observe_frames=0)
+    for out in (cond, free):
+        assert out.recon.shape == (2, 6, 3, 64, 64) and torch.isfinite(out.recon).all()
+        assert (out.recon[:, 3:].flatten(2).std(-1) > 0).all()  # imagined frames are not blank
+
+
+def test_deterministic_mode_is_reproducible_and_streaming_continues():
+    m = tiny(deterministic=True)
+    video = torch.rand(1, 6, 3, 64, 64)
+    with torch.no_grad():
+        a = m(video, Schedule())
+        b = m(video, Schedule())
+        first = m(video[:, :3], Schedule())
+        second = m(video[:, 3:], Schedule(), carry=first.carry)
+    torch.testing.assert_close(a.recon, b.recon)
+    torch.testing.assert_close(torch.cat([first.recon, second.recon], 1), a.recon)
+    assert torch.equal(torch.cat([first.counts, second.counts], 1), a.counts)
+    n = a.ids.shape[-1]
+    pad = lambda x: torch.cat([x, x.new_full((*x.shape[:2], n - x.shape[2]), -1)], -1)  # noqa: E731
+    assert torch.equal(torch.cat([pad(first.ids), pad(second.ids)], 1), a.ids)
+
+
+def test_importance_weighted_nll_is_finite():
+    torch.manual_seed(0)
+    m = tiny()
+    m.eval()
+    video = torch.rand(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        nll = m.importance_nll(video, Schedule(), samples=3)
+    assert nll.shape == (1,) and torch.isfinite(nll).all() and nll > 0
+
+
+@pytest.mark.parametrize("kw,key", [
+    (dict(num_cell_h=3), "num_cell_h"),
+    (dict(img_size=64, num_cell_h=64, num_cell_w=64), "grid"),
+    (dict(glimpse_size=48), "glimpse_size"),
+    (dict(max_num_obj=0), "max_num_obj"),
+    (dict(sigma=0.0), "sigma"),
+    (dict(img_size=100), "img_size"),
+    (dict(bg_decoder="conv"), "bg_decoder"),
+])
+def test_impossible_configs_raise_one_clear_error(kw, key):
+    with pytest.raises(ConfigError, match=key):
+        SCALOR.validate_config(**kw)
+
+
+def test_empty_state_has_no_valid_slots():
+    s = ObjectState.empty(2, "cpu")
+    assert s.num_slots == 1 and not s.mask.any() and s.lengths.tolist() == [0, 0]
+
+
+def test_window_covers_largest_box():
+    coder = BoxCoder()
+    wh, ww = window_size(*coder.max_scale, 64, (128, 128))
+    sx, sy = coder.max_scale
+    assert ww >= sx * 128 + 2 and wh >= sy * 128 + 2
+    assert math.isclose(sx * sy, (coder.size_anc + coder.var_s) ** 2 * math.sqrt(3.0 / 2.0), rel_tol=1e-6)
