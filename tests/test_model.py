@@ -193,7 +193,7 @@ def test_batched_compaction_equals_per_element_loop():
         alpha = m._canvases(prop.windows, prop.z_pres, prop.z_depth).alpha.clamp(0, 1)
         disc = m.discovery(feats[:, 0], video[:, 1], alpha, state.mask.sum(1), 0.1, 0.5, True,
                            m.glimpse_encoder, m.glimpse_decoder, False)
-        new, count, next_id = m._compact(state, prop, disc, out1.carry.next_id, True)
+        new, count, next_id, _ = m._compact(state, prop, disc, out1.carry.next_id, True)
     for b in range(3):
         rows = []
         for i in range(state.num_slots):
@@ -296,3 +296,46 @@ def test_window_covers_largest_box():
     sx, sy = coder.max_scale
     assert ww >= sx * 128 + 2 and wh >= sy * 128 + 2
     assert math.isclose(sx * sy, (coder.size_anc + coder.var_s) ** 2 * math.sqrt(3.0 / 2.0), rel_tol=1e-6)
+
+
+def test_checkpointed_decoder_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    video = torch.rand(1, 3, 3, 64, 64)
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        m = tiny(checkpoint_decoder=flag, deterministic=True)
+        out = m(video, Schedule(detach=False))
+        out.neg_elbo.sum().backward()
+        grads.append((out.neg_elbo.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(g, grads[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_track_only_gives_the_same_tracks():
+    torch.manual_seed(0)
+    m = tiny(deterministic=True)
+    m.eval()
+    video = torch.rand(2, 5, 3, 64, 64)
+    with torch.no_grad():
+        full = m(video, Schedule())
+        fast = m(video, Schedule(), track_only=True)
+    assert torch.equal(full.ids, fast.ids) and torch.equal(full.counts, fast.counts)
+    torch.testing.assert_close(full.boxes, fast.boxes)
+    assert fast.recon.shape[1] == 0
+
+
+def test_skipping_absent_cells_keeps_the_tracks_of_present_ones():
+    """skip_glimpse_below is an approximation: cells below the threshold are dropped, the rest match."""
+    torch.manual_seed(0)
+    m = tiny(deterministic=True, max_num_obj=8)
+    m.eval()
+    video = torch.rand(2, 5, 3, 64, 64)
+    with torch.no_grad():
+        exact = m(video, Schedule(), track_only=True)
+        m.skip_glimpse_below = 0.1
+        approx = m(video, Schedule(), track_only=True)
+    # A tracked object needs presence > 0.7, far above the 0.1 skip threshold: same tracks.
+    assert torch.equal(exact.counts, approx.counts) and torch.equal(exact.ids, approx.ids)
+    torch.testing.assert_close(exact.boxes, approx.boxes)

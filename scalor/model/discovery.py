@@ -4,6 +4,7 @@ explains, and the cap on the number of tracked objects."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from .distributions import (bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob, prob_to_logit,
                             relaxed_bernoulli, sample_normal)
-from .encoders import GlimpseDecoder, GlimpseEncoder, cg, log2_int
+from .encoders import GlimpseEncoder, cg, log2_int
 from .render import BoxCoder, Windows, extract, gather_windows, render_windows
 
 PRES_LOGIT_FACTOR = 8.8
@@ -121,10 +122,14 @@ class Discovery(nn.Module):
         return torch.stack([sx, sy, tx, ty], -1)
 
     def forward(self, feats: Tensor | None, frame: Tensor | None, alpha_prop: Tensor, lengths: Tensor,
-                z_pres_prior: float, tau: float, reject: bool, encoder: GlimpseEncoder, decoder: GlimpseDecoder,
-                deterministic: bool, imagine: bool = False, log_imp: bool = False) -> DiscoveryStep:
+                z_pres_prior: float, tau: float, reject: bool, encoder: GlimpseEncoder,
+                decoder: Callable[[Tensor], tuple[Tensor, Tensor]], deterministic: bool, imagine: bool = False,
+                log_imp: bool = False, skip_below: float = 0.0) -> DiscoveryStep:
         """feats (B,64,Gh,Gw), frame (B,3,H,W) (both None when imagined), alpha_prop (B,1,H,W)
-        detached and clamped, lengths (B,) objects tracked before this frame -> DiscoveryStep."""
+        detached and clamped, lengths (B,) objects tracked before this frame -> DiscoveryStep.
+
+        skip_below > 0 (an approximation for inference): cells whose relaxed presence is below it are
+        switched off and neither encoded nor decoded (one host sync for the active count)."""
         b, k = alpha_prop.shape[0], self.num_cells
         zeros = alpha_prop.new_zeros(b)
         if imagine:
@@ -140,14 +145,27 @@ class Discovery(nn.Module):
             raw_where = sample_normal(w_mean, w_std, deterministic)
         z_pres_relaxed = relaxed_bernoulli(logit, tau, deterministic)
         z_where = self.decode_where(raw_where)
+        s = self.glimpse_size
+        active = None
+        if skip_below > 0:
+            on = z_pres_relaxed >= skip_below
+            active = on.flatten().nonzero()[:, 0]
+            z_pres_relaxed = z_pres_relaxed * on
         if not imagine:
-            glimpses = extract(frame, z_where, (self.glimpse_size, self.glimpse_size))
-            e_mean, e_raw = encoder(glimpses.flatten(0, 1))
+            glimpses = extract(frame, z_where, (s, s)).flatten(0, 1)
+            e_mean, e_raw = encoder(glimpses if active is None else glimpses[active])
+            if active is not None:
+                e_mean = e_mean.new_zeros(b * k, e_mean.shape[-1]).index_copy(0, active, e_mean)
+                e_raw = e_raw.new_zeros(b * k, e_raw.shape[-1]).index_copy(0, active, e_raw)
             e_mean, e_std = e_mean.view(b, k, -1), F.softplus(e_raw).view(b, k, -1)
             z_what = sample_normal(e_mean, e_std, deterministic)
-        o, a = decoder(z_what.flatten(0, 1))
-        s = self.glimpse_size
-        glimpse = torch.cat([o * a, a], 1).view(b, k, 4, s, s)
+        if active is None:
+            o, a = decoder(z_what.flatten(0, 1))
+            glimpse = torch.cat([o * a, a], 1)
+        else:
+            o, a = decoder(z_what.flatten(0, 1)[active])
+            glimpse = o.new_zeros(b * k, 4, s, s).index_copy(0, active, torch.cat([o * a, a], 1))
+        glimpse = glimpse.view(b, k, 4, s, s)
         win = render_windows(glimpse, z_where, self.win_hw, self.img_hw)
 
         # Accept-reject: a proposal whose binarised mask is mostly covered by propagated objects.

@@ -6,6 +6,7 @@ All B x N slots are processed at once; padded slots are masked afterwards.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from .distributions import (bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob, prob_to_logit,
                             relaxed_bernoulli, sample_normal)
-from .encoders import GlimpseDecoder, GlimpseEncoder, cg
+from .encoders import GlimpseEncoder, cg
 from .render import BoxCoder, Windows, extract, render_windows
 from .state import ObjectState
 
@@ -118,7 +119,7 @@ class Propagation(nn.Module):
         self.prior = PropagationPrior(z_what_dim)
 
     def forward(self, s: ObjectState, feats: Tensor | None, frame: Tensor | None, tau: float,
-                encoder: GlimpseEncoder, decoder: GlimpseDecoder, deterministic: bool,
+                encoder: GlimpseEncoder, decoder: Callable[[Tensor], tuple[Tensor, Tensor]], deterministic: bool,
                 imagine: bool = False, log_imp: bool = False) -> PropagationStep:
         """State with N slots, feats (B,64,Gh,Gw), frame (B,3,H,W) (None when imagined) -> step."""
         b, n = s.z_what.shape[:2]

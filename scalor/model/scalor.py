@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from ..schedules import Schedule
@@ -51,7 +52,8 @@ class SCALOR(nn.Module):
                  ratio_anc: float = 2.5, var_anc: float = 0.5, explained_ratio_threshold: float = 0.3,
                  z_pres_disc_threshold: float = 0.7, gen_disc_pres_probs: float = 0.1, observe_frames: int = 5,
                  nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
-                 kl_weight_pre_rejection: bool = True):
+                 kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool = False,
+                 skip_glimpse_below: float = 0.0):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -69,6 +71,8 @@ class SCALOR(nn.Module):
         self.nll_samples = nll_samples
         self.deterministic = deterministic
         self.no_background = no_background
+        self.checkpoint_decoder = checkpoint_decoder
+        self.skip_glimpse_below = skip_glimpse_below
         boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
         self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
 
@@ -123,6 +127,12 @@ class SCALOR(nn.Module):
             raise ConfigError(f"model.nll_samples={nll_samples} must be >= 1.")
 
     # ------------------------------------------------------------------ helpers
+    def _decode(self, z_what: Tensor) -> tuple[Tensor, Tensor]:
+        """Glimpse decoder, recomputed in backward when ``checkpoint_decoder`` (exact, less memory)."""
+        if self.checkpoint_decoder and torch.is_grad_enabled() and z_what.requires_grad:
+            return checkpoint(self.glimpse_decoder, z_what, use_reentrant=False)
+        return self.glimpse_decoder(z_what)
+
     def initial_carry(self, batch: int, device, dtype=torch.float32) -> Carry:
         """Nothing tracked yet: one empty slot per element, IDs starting at 1."""
         return Carry(ObjectState.empty(batch, device, dtype), None, None, None,
@@ -140,6 +150,20 @@ class SCALOR(nn.Module):
         values = torch.cat([z * ra, imp_w * ra, imp_w * ra * z * win.data[:, :, :3]], 2)
         canvas = scatter_windows(win, values, self.img_hw)
         return _Composite(canvas[:, :1], canvas[:, 1:2], canvas[:, 2:])
+
+    def _new_ids(self, disc_pres: Tensor, next_id: Tensor) -> Tensor:
+        """(B, K) IDs for cells that start a track (next unused IDs in raster order), 0 elsewhere."""
+        start = disc_pres > self.z_pres_disc_threshold
+        return torch.where(start, next_id[:, None] + start.long().cumsum(1) - 1, 0)
+
+    def _composite(self, prop: _Composite | None, disc: _Composite, schedule: Schedule) -> tuple[Tensor, Tensor]:
+        """Foreground (B,3,H,W) and total alpha A (B,1,H,W) (SCALOR-SPEC §4.4-§4.5)."""
+        imp, colour, alpha = disc.imp, disc.colour, disc.alpha
+        if schedule.bg_alpha_curriculum:  # every discovery alpha canvas is the constant 0.9
+            alpha = torch.full_like(alpha, CURRICULUM_ALPHA * self.discovery.num_cells)
+        if prop is not None:
+            imp, colour, alpha = imp + prop.imp, colour + prop.colour, alpha + prop.alpha
+        return colour / (imp + EPS), clamp_st(alpha)
 
     def _segmentation(self, groups: list[tuple[Windows, Tensor, Tensor, Tensor]]) -> Tensor:
         """(B, H, W) int64 ID of the most important object with alpha > 0.3 per pixel (0: none)."""
@@ -163,16 +187,15 @@ class SCALOR(nn.Module):
                  detach: bool) -> tuple[ObjectState, Tensor, Tensor]:
         """Keep surviving tracked objects (previous order) then new ones (raster order), by one gather.
 
-        Returns the next state, the kept count (B,) and the updated next_id (B,). One host sync: the
-        new slot count (SCALOR-SPEC §4.7 step 3).
+        Returns the next state, the kept count (B,), the updated next_id (B,) and the largest kept
+        count. One host sync: the new slot count (SCALOR-SPEC §4.7 step 3).
         """
         b, k = disc.z_pres.shape
         keep_disc = disc.z_pres > self.z_pres_disc_threshold
-        new_ids = next_id[:, None] + keep_disc.long().cumsum(1) - 1
         zk = lambda d: disc.z_what.new_zeros(b, k, d)  # noqa: E731
         cand = dict(z_what=disc.z_what, z_where=disc.z_where, z_where_bias=zk(4), z_depth=disc.z_depth,
                     z_pres=disc.z_pres[..., None], h=zk(state.h.shape[-1]), prior_h=zk(state.prior_h.shape[-1]),
-                    prior_c=zk(state.prior_c.shape[-1]), c_abs=zk(1), ids=torch.where(keep_disc, new_ids, 0))
+                    prior_c=zk(state.prior_c.shape[-1]), c_abs=zk(1), ids=self._new_ids(disc.z_pres, next_id))
         keep = keep_disc
         if prop is not None:
             old = dict(z_what=prop.z_what, z_where=prop.z_where, z_where_bias=prop.z_where_bias,
@@ -181,24 +204,30 @@ class SCALOR(nn.Module):
             cand = {key: torch.cat([old[key], cand[key]], 1) for key in cand}
             keep = torch.cat([prop.z_pres > 0, keep_disc], 1)
         count = keep.sum(1)
-        n_new = max(int(count.max()), 1)
+        n_kept = int(count.max())
+        n_new = max(n_kept, 1)
         order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :n_new]
         take = lambda x: x.gather(1, order.view(b, n_new, *([1] * (x.dim() - 2))).expand(b, n_new, *x.shape[2:]))  # noqa: E731
         new = ObjectState(**{key: take(val) for key, val in cand.items()}, mask=take(keep))
         if detach:
             new = new.detach()
-        return new, count, next_id + keep_disc.sum(1)
+        return new, count, next_id + keep_disc.sum(1), n_kept
 
     # ------------------------------------------------------------------ forward
     def forward(self, video: Tensor, schedule: Schedule = Schedule(), carry: Carry | None = None,
-                observe_frames: int | None = None, visuals: bool = False, log_imp: bool = False) -> SequenceOutput:
+                observe_frames: int | None = None, visuals: bool = False, log_imp: bool = False,
+                track_only: bool = False) -> SequenceOutput:
         """Run the model over a sequence.
 
         video (B,T,3,H,W) in [0,1]. carry continues an earlier window of the same sequences.
         observe_frames: None for inference; k >= 0 to infer frames t < k and imagine the rest from
         the priors (generation; video frames t >= k are then only used for the likelihood).
         log_imp: also return the importance log-ratios of the NLL estimate (SCALOR-SPEC §4.10).
+        track_only: boxes, IDs and counts only (tracking inference): no compositing, background or
+        likelihood; recon is then empty (B, 0, 3, H, W) and log_like, kl_bg are zero.
         """
+        if visuals and track_only:
+            raise ValueError("visuals need the composited frames: call with track_only=False")
         b, t_len = video.shape[:2]
         det = self.deterministic
         if carry is None:
@@ -220,43 +249,38 @@ class SCALOR(nn.Module):
 
             prop = None
             if n_alive > 0:
-                prop = self.propagation(state, f_t, frame, schedule.tau, self.glimpse_encoder, self.glimpse_decoder,
-                                        det, imagine, log_imp)
+                prop = self.propagation(state, f_t, frame, schedule.tau, self.glimpse_encoder, self._decode, det,
+                                        imagine, log_imp)
                 prop_c = self._canvases(prop.windows, prop.z_pres, prop.z_depth)
                 alpha_prop = clamp_st(prop_c.alpha).detach()
             else:
                 alpha_prop = video.new_zeros(b, 1, *self.img_hw)
             disc = self.discovery(f_t, frame, alpha_prop, lengths, schedule.z_pres_prior, schedule.tau,
                                   reject=prop is not None,
-                                  encoder=self.glimpse_encoder, decoder=self.glimpse_decoder, deterministic=det,
-                                  imagine=imagine, log_imp=log_imp)
-            disc_c = self._canvases(disc.windows, disc.z_pres, disc.z_depth)
-
-            # Compositing (SCALOR-SPEC §4.4-§4.5): importance-normalised colours, total alpha.
-            imp = disc_c.imp + (prop_c.imp if prop is not None else 0)
-            colour = disc_c.colour + (prop_c.colour if prop is not None else 0)
-            fg = colour / (imp + EPS)
-            prop_alpha = prop_c.alpha if prop is not None else 0
-            disc_alpha = CURRICULUM_ALPHA * disc.z_pres.shape[1] if schedule.bg_alpha_curriculum else disc_c.alpha
-            alpha = clamp_st(prop_alpha + disc_alpha + torch.zeros_like(disc_c.alpha))
-
-            if self.background is None:
-                bg, kl_bg, li_bg = torch.zeros_like(fg), zeros_b, zeros_b
-            else:
-                step = self.background(frame, alpha, z_bg, h_bg, det, imagine, log_imp)
-                bg, kl_bg, li_bg, z_bg, h_bg = step.bg, step.kl, step.log_imp, step.z_bg, step.h
-            y = fg + (1 - alpha) * bg
-            terms["log_like"].append(normal_log_prob(video[:, t], y, self.sigma).flatten(1).sum(1))
+                                  encoder=self.glimpse_encoder, decoder=self._decode, deterministic=det,
+                                  imagine=imagine, log_imp=log_imp,
+                                  skip_below=0.0 if self.training else self.skip_glimpse_below)
             for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
                 terms[key].append(getattr(disc, key) + (getattr(prop, key) if prop is not None else 0))
-            terms["kl_bg"].append(kl_bg)
-            terms["log_imp"].append(disc.log_imp + (prop.log_imp if prop is not None else 0) + li_bg)
-            recon.append(y)
+            if track_only:  # boxes and IDs only: no compositing, background or likelihood
+                for key in ("log_like", "kl_bg", "log_imp"):
+                    terms[key].append(zeros_b)
+            else:
+                disc_c = self._canvases(disc.windows, disc.z_pres, disc.z_depth)
+                fg, alpha = self._composite(prop_c if prop is not None else None, disc_c, schedule)
+                if self.background is None:
+                    bg, kl_bg, li_bg = torch.zeros_like(fg), zeros_b, zeros_b
+                else:
+                    step = self.background(frame, alpha, z_bg, h_bg, det, imagine, log_imp)
+                    bg, kl_bg, li_bg, z_bg, h_bg = step.bg, step.kl, step.log_imp, step.z_bg, step.h
+                y = fg + (1 - alpha) * bg
+                terms["log_like"].append(normal_log_prob(video[:, t], y, self.sigma).flatten(1).sum(1))
+                terms["kl_bg"].append(kl_bg)
+                terms["log_imp"].append(disc.log_imp + (prop.log_imp if prop is not None else 0) + li_bg)
+                recon.append(y)
 
             if visuals:
-                groups = [(disc.windows, disc.z_pres, disc.z_depth,
-                           torch.where(disc.z_pres > self.z_pres_disc_threshold,
-                                       next_id[:, None] + (disc.z_pres > self.z_pres_disc_threshold).long().cumsum(1) - 1, 0))]
+                groups = [(disc.windows, disc.z_pres, disc.z_depth, self._new_ids(disc.z_pres, next_id))]
                 if prop is not None:
                     groups.insert(0, (prop.windows, prop.z_pres, prop.z_depth, state.ids))
                 vis["bg"].append(bg.detach())
@@ -270,8 +294,7 @@ class SCALOR(nn.Module):
                                          else video.new_zeros(b, 1, 4))
                 vis["prop_pres"].append(prop.z_pres.detach() if prop is not None else video.new_zeros(b, 1))
 
-            state, count, next_id = self._compact(state, prop, disc, next_id, schedule.detach)
-            n_alive = state.num_slots if bool(count.max() > 0) else 0
+            state, count, next_id, n_alive = self._compact(state, prop, disc, next_id, schedule.detach)
             counts.append(count)
             boxes.append(boxes_to_xyxy(state.z_where).detach() * state.mask[..., None])
             ids.append(torch.where(state.mask, state.ids, -1))
@@ -279,11 +302,12 @@ class SCALOR(nn.Module):
 
         mean_t = {key: torch.stack(val, 1).mean(1) for key, val in terms.items() if key != "log_imp"}
         out_vis = None
+        recon = torch.stack(recon, 1) if recon else video.new_zeros(b, 0, *video.shape[2:])
         if visuals:
             out_vis = {key: _pad_stack(val, 0) for key, val in vis.items()}
-            out_vis["recon"] = torch.stack(recon, 1).detach()
+            out_vis["recon"] = recon.detach()
         return SequenceOutput(
-            recon=torch.stack(recon, 1), **mean_t, log_imp=torch.stack(terms["log_imp"], 1).sum(1),
+            recon=recon, **mean_t, log_imp=torch.stack(terms["log_imp"], 1).sum(1),
             counts=torch.stack(counts, 1), boxes=_pad_stack(boxes, 0.0), ids=_pad_stack(ids, -1),
             presence=_pad_stack(presence, 0.0),
             carry=Carry(state, lstm, z_bg, h_bg, next_id), visuals=out_vis,
