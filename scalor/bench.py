@@ -1,0 +1,146 @@
+"""``python -m scalor.bench [overrides]``: speed and memory of SCALOR for one configuration.
+
+The config is the project's (conf/config.yaml) with the same overrides, plus ``bench.*``
+(conf/bench.yaml). Input is synthetic moving shapes generated in memory. The warm-up steps are
+excluded; the last line printed is one JSON object (ARCHITECTURE.md §2).
+
+    python -m scalor.bench data.img_size=128 grid=8x8 data.batch_size=1 data.seq_len=10 \
+        model.max_num_obj=45 bench.steps=5 bench.mode=train
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from scalor.errors import ScalorError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def synthetic_video(cfg: DictConfig, seed: int) -> torch.Tensor:
+    """(B, T, 3, H, W) float moving sprites, rendered in memory with the dSprites generator."""
+    from scalor.datamodules import DSpritesDataModule, SpriteSceneDataModule
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_cfg = OmegaConf.to_container(cfg.data, resolve=False)
+        data_cfg["root"] = tmp
+        try:
+            dm = instantiate(data_cfg)
+        except Exception:  # noqa: BLE001 - any data source: fall back to dSprites of the same size
+            dm = None
+        if not isinstance(dm, SpriteSceneDataModule):
+            dm = DSpritesDataModule(root=tmp, img_size=cfg.data.img_size, seq_len=cfg.data.seq_len,
+                                    batch_size=cfg.data.batch_size, seed=seed)
+        frames = np.stack([
+            np.stack([scene.render(t)[0] for t in range(dm.seq_len)])
+            for scene in (dm.make_scene("train", i) for i in range(int(cfg.data.batch_size)))
+        ])
+    return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div(255)
+
+
+def load_weights(model: torch.nn.Module, path: str) -> None:
+    """Copy a Lightning checkpoint's ``model.*`` weights into ``model``."""
+    if not Path(path).is_file():
+        raise ScalorError(f"bench.ckpt_path={path} does not exist: give the path of a .ckpt file.")
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+
+
+def run_bench(cfg: DictConfig) -> dict:
+    """Measure ``cfg.bench.steps`` steps after ``cfg.bench.warmup``; returns the result dict."""
+    b = cfg.bench
+    if b.mode not in ("train", "track"):
+        raise ScalorError(f"bench.mode={b.mode} is unknown: use train or track.")
+    if b.threads:
+        torch.set_num_threads(int(b.threads))
+    device = torch.device("cuda" if b.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if b.device == "auto" else b.device)
+    torch.manual_seed(int(b.seed))
+    model = instantiate(cfg.model, _convert_="all")
+    if b.ckpt_path:
+        load_weights(model, b.ckpt_path)
+    model.to(device)
+    curriculum = instantiate(cfg.curriculum)
+    video = synthetic_video(cfg, int(b.seed)).to(device)
+    frames = video.shape[0] * video.shape[1]
+    times, counts = [], []
+    if b.mode == "train":
+        model.train()
+        optimizer = instantiate(cfg.optimizer)(model.parameters())
+    else:
+        model.eval()
+        model.deterministic = True
+    for step in range(int(b.warmup) + int(b.steps)):
+        schedule = curriculum.at(step if b.mode == "train" else 10**9)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        if b.mode == "train":
+            out = model(video, schedule)
+            out.neg_elbo.mean().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                out = model(video, schedule, track_only=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= int(b.warmup):
+            times.append(time.perf_counter() - start)
+            counts.append(float(out.counts.float().mean()))
+    median = statistics.median(times)
+    result = {
+        "median_step_s": round(median, 4),
+        "min_step_s": round(min(times), 4),
+        "max_step_s": round(max(times), 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "params": sum(p.numel() for p in model.parameters()),
+        "frames_per_s": round(frames / median, 3),
+        "mean_count": round(statistics.mean(counts), 2),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "config": {
+            "mode": b.mode, "steps": int(b.steps), "warmup": int(b.warmup),
+            "img_size": int(cfg.data.img_size), "grid": [int(cfg.grid.num_cell_h), int(cfg.grid.num_cell_w)],
+            "batch_size": int(cfg.data.batch_size), "seq_len": int(cfg.data.seq_len),
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+        },
+    }
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("bench", overrides=overrides)
+        result = run_bench(cfg)
+    except ScalorError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{result['config']['mode']}: median {result['median_step_s']} s/step, "
+          f"{result['frames_per_s']} frames/s, peak RSS {result['peak_rss_mb']} MB, {result['params']:,} params")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    sys.exit(main())

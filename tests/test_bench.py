@@ -1,0 +1,34 @@
+"""python -m scalor.bench: the JSON contract (fields and types), not timings."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["experiment=dsprites_easy", "data.img_size=64", "grid=4x4", "data.batch_size=1", "data.seq_len=3",
+        "model.glimpse_size=16", "model.max_num_obj=4", "bench.steps=2", "bench.warmup=1", "bench.threads=1"]
+
+
+@pytest.mark.parametrize("mode", ["train", "track"])
+def test_bench_prints_json_last(mode):
+    proc = subprocess.run([sys.executable, "-m", "scalor.bench", *TINY, f"bench.mode={mode}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("median_step_s", "min_step_s", "max_step_s", "peak_rss_mb", "params", "frames_per_s", "config"):
+        assert key in result, key
+    assert result["min_step_s"] <= result["median_step_s"] <= result["max_step_s"]
+    assert result["peak_rss_mb"] > 0 and result["params"] > 1_000_000
+    assert result["frames_per_s"] == pytest.approx(3 / result["median_step_s"], rel=0.01)
+    assert result["config"]["mode"] == mode and result["config"]["img_size"] == 64
+    assert result["config"]["model"]["max_num_obj"] == 4
+
+
+def test_bench_bad_mode_is_one_line_exit_2():
+    proc = subprocess.run([sys.executable, "-m", "scalor.bench", *TINY, "bench.mode=fly"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: bench.mode=fly is unknown: use train or track."]
