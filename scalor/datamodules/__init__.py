@@ -1,0 +1,10 @@
+"""LightningDataModules, one per source; batches follow ARCHITECTURE.md §3 (see ``base``)."""
+
+from scalor.datamodules.base import BaseDataModule, SpriteSceneDataModule
+from scalor.datamodules.dsprites import DSpritesDataModule
+from scalor.datamodules.grand_central import GrandCentralDataModule
+from scalor.datamodules.mnist import MovingMNISTDataModule
+from scalor.datamodules.video import VideoDataModule, iter_frames, video_fps
+
+__all__ = ["BaseDataModule", "SpriteSceneDataModule", "DSpritesDataModule", "MovingMNISTDataModule",
+           "GrandCentralDataModule", "VideoDataModule", "iter_frames", "video_fps"]

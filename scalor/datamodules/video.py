@@ -1,0 +1,240 @@
+"""Your own footage (``data=video``): any video file OpenCV can read, or a folder of images (natural name order).
+
+Training decodes the frames once, fitted to ``img_size``, into a memory-mapped cache under ``data.root`` and cuts
+them into clips of ``seq_len`` frames ``frame_skip`` apart: train is the first part of the footage, then val and
+test (``val_fraction``, ``test_fraction``), in time order. Tracking streams instead: ``iter_frames`` holds one
+frame at a time. ``resize='resize'`` scales the whole frame to img_size x img_size (the aspect ratio is not
+kept); ``resize='crop'`` takes the centred square of side ``crop_size`` (default img_size, i.e. native pixels)
+and scales it to img_size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+from numpy.lib import format as npy_format
+from tqdm.auto import tqdm
+
+from scalor.datamodules.base import (SPLITS, AtomicFolder, BaseDataModule, MemmapDataset, check_writable_root, crop,
+                                     floor_fraction, is_complete, list_images, read_image, require, resize_square,
+                                     to_video_tensor)
+from scalor.errors import DataError
+
+RESIZE_MODES = ("resize", "crop")
+DEFAULT_FPS = 25.0
+
+
+def _open_video(path: Path) -> cv2.VideoCapture:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise DataError(f"OpenCV cannot open the video data.path={path}; convert it (e.g. ffmpeg -i {path} "
+                        "-c:v libx264 clip.mp4) or pass a folder of frames.")
+    return cap
+
+
+def _source(path: str | Path) -> Path:
+    path = Path(str(path)).expanduser()
+    if not path.exists():
+        raise DataError(f"data.path={path} does not exist; point data.path at a video file or a folder of images.")
+    return path
+
+
+def _raw_frames(path: str | Path, frame_skip: int = 1) -> Iterator[tuple[str, np.ndarray]]:
+    """(description, RGB uint8 (h, w, 3)) of frames 0, k, 2k, ... of a video file or image folder."""
+    path = _source(path)
+    if path.is_dir():
+        for file in list_images(path, "data.path", numeric=False)[::frame_skip]:
+            yield f"frame {file}", read_image(file)
+        return
+    cap = _open_video(path)
+    try:
+        index = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            yield f"frame {index} of {path}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
+            for _ in range(frame_skip - 1):
+                if not cap.grab():
+                    return
+                index += 1
+        if index == 0:
+            raise DataError(f"OpenCV opened data.path={path} but could not decode a single frame; re-encode the "
+                            "video (e.g. ffmpeg -i IN -c:v libx264 clip.mp4) or pass a folder of frames.")
+    finally:
+        cap.release()
+
+
+def fit_frame(img: np.ndarray, img_size: int, resize: str = "resize", crop_size: int | None = None,
+              where: str = "a frame") -> np.ndarray:
+    """RGB uint8 (h, w, 3) -> (img_size, img_size, 3): whole-frame resize, or centred crop then resize."""
+    if resize == "resize":
+        return resize_square(img, img_size)
+    side, key = (int(crop_size), "data.crop_size") if crop_size else (img_size, "data.img_size (or set data.crop_size)")
+    h, w = img.shape[:2]
+    return resize_square(crop(img, (w - side) // 2, (h - side) // 2, side, where, key), img_size)
+
+
+def iter_frames(path: str | Path, img_size: int, frame_skip: int = 1, resize: str = "resize",
+                crop_size: int | None = None) -> Iterator[np.ndarray]:
+    """Stream frames 0, k, 2k, ... (k = frame_skip) of a video or image folder as float32 (3, H, W) in [0, 1].
+
+    Memory stays at one frame whatever the length. Raises DataError for unreadable input.
+    """
+    require(resize in RESIZE_MODES, f"data.resize={resize!r} must be one of {list(RESIZE_MODES)}.")
+    require(int(frame_skip) >= 1, f"data.frame_skip={frame_skip} must be at least 1.")
+    for where, img in _raw_frames(path, int(frame_skip)):
+        yield fit_frame(img, img_size, resize, crop_size, where).transpose(2, 0, 1).astype(np.float32) / 255.0
+
+
+def video_fps(path: str | Path) -> float:
+    """Frames per second of a video file (25 for image folders or when the file does not say)."""
+    path = _source(path)
+    if path.is_dir():
+        return DEFAULT_FPS
+    cap = _open_video(path)
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return float(fps) if fps and np.isfinite(fps) and fps > 0 else DEFAULT_FPS
+
+
+def frame_count(path: str | Path) -> int | None:
+    """Number of frames from the folder listing or the video header (None when the header does not say)."""
+    path = _source(path)
+    if path.is_dir():
+        return len(list_images(path, "data.path", numeric=False))
+    cap = _open_video(path)
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    return n if n > 0 else None
+
+
+class VideoClips(MemmapDataset):
+    """Clips of a decoded-frames cache ``frames.npy`` uint8 (F, 3, H, W): frames start + offsets."""
+
+    def __init__(self, folder: Path, starts: np.ndarray, offsets: np.ndarray) -> None:
+        super().__init__(folder)
+        self.starts, self.offsets = starts, offsets
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"video": to_video_tensor(self.arrays["frames"][self.starts[i] + self.offsets])}
+
+
+class VideoDataModule(BaseDataModule):
+    """Clips of a user video or image folder (no ground truth). Train clips start every ``stride`` frames;
+    val and test clips do not overlap."""
+
+    has_ground_truth = False
+
+    def __init__(self, path: str | None, root: str, img_size: int = 128, seq_len: int = 10, batch_size: int = 16,
+                 num_workers: int = 0, pin_memory: bool | None = None, frame_skip: int = 1, resize: str = "resize",
+                 crop_size: int | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                 stride: int = 1) -> None:
+        super().__init__(img_size, seq_len, batch_size, num_workers, pin_memory)
+        self.path = None if path in (None, "") else Path(str(path)).expanduser().resolve()
+        self.root = Path(str(root)).expanduser()
+        self.frame_skip, self.resize, self.stride = int(frame_skip), str(resize), int(stride)
+        self.crop_size = None if crop_size in (None, "") else int(crop_size)
+        self.fractions = {"val": float(val_fraction), "test": float(test_fraction)}
+
+    def check_settings(self) -> None:
+        super().check_settings()
+        require(self.frame_skip >= 1, f"data.frame_skip={self.frame_skip} must be at least 1.")
+        require(self.stride >= 1, f"data.stride={self.stride} must be at least 1.")
+        require(self.resize in RESIZE_MODES, f"data.resize={self.resize!r} must be one of {list(RESIZE_MODES)}.")
+        require(all(f >= 0 for f in self.fractions.values()) and sum(self.fractions.values()) < 1,
+                f"data.val_fraction={self.fractions['val']} and data.test_fraction={self.fractions['test']} must be "
+                ">= 0 with a sum below 1.")
+
+    @property
+    def span(self) -> int:
+        """Frames covered by one clip."""
+        return (self.seq_len - 1) * self.frame_skip + 1
+
+    def iter_frames(self) -> Iterator[np.ndarray]:
+        """``iter_frames`` with this module's settings (frame_skip, resize, crop_size)."""
+        return iter_frames(self.path, self.img_size, self.frame_skip, self.resize, self.crop_size)
+
+    def _check_path(self) -> Path:
+        if self.path is None:
+            raise DataError("data.path is not set; pass data.path=/path/to/clip.mp4 or a folder of frames.")
+        return _source(self.path)
+
+    @property
+    def cache_dir(self) -> Path:
+        path = self._check_path()
+        files = list_images(path, "data.path", numeric=False) if path.is_dir() else [path]
+        stamp = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        key = repr((stamp, self.img_size, self.resize, self.crop_size)).encode()
+        return self.root / f"video-{path.stem}-{hashlib.sha256(key).hexdigest()[:12]}"
+
+    def validate(self) -> None:
+        self.check_settings()
+        path = self._check_path()
+        frames = _raw_frames(path)
+        where, first = next(frames)
+        frames.close()
+        fit_frame(first, self.img_size, self.resize, self.crop_size, where)
+        n = frame_count(path)
+        if n is not None and n < self.span:
+            self._too_short(n, "the footage", n)
+        check_writable_root(self.root)
+
+    def _too_short(self, n_total: int, part: str, n: int) -> None:
+        raise DataError(f"data.path={self.path} has {n_total} frames, so {part} has {n}, fewer than the {self.span} "
+                        f"that one sequence needs (data.seq_len={self.seq_len}, data.frame_skip={self.frame_skip}); "
+                        "use longer footage or lower data.seq_len/data.frame_skip (or the val/test fractions).")
+
+    def prepare_data(self) -> None:
+        self.validate()
+        target = self.cache_dir
+        if is_complete(target):
+            return
+        size = self.img_size
+        with AtomicFolder(target, {"path": str(self.path), "img_size": size, "resize": self.resize,
+                                   "crop_size": self.crop_size}) as tmp:
+            n = 0
+            with open(tmp / "frames.raw", "wb") as raw:
+                bar = tqdm(total=frame_count(self.path), desc=f"decoding {self.path.name}", unit="frame",
+                           leave=False, disable=None)
+                for where, img in _raw_frames(self.path):
+                    raw.write(fit_frame(img, size, self.resize, self.crop_size, where).transpose(2, 0, 1).tobytes())
+                    n += 1
+                    bar.update()
+                bar.close()
+            header = {"descr": npy_format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                      "shape": (n, 3, size, size)}
+            with open(tmp / "frames.npy", "wb") as out, open(tmp / "frames.raw", "rb") as raw:
+                npy_format.write_array_header_1_0(out, header)
+                shutil.copyfileobj(raw, out, 1 << 24)
+            (tmp / "frames.raw").unlink()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.validate()
+        target = self.cache_dir
+        if not is_complete(target):
+            self.prepare_data()
+        n = len(np.load(target / "frames.npy", mmap_mode="r"))
+        sizes = {split: floor_fraction(n, f) for split, f in self.fractions.items()}
+        sizes["train"] = n - sizes["val"] - sizes["test"]
+        offsets = np.arange(self.seq_len) * self.frame_skip
+        lo = 0
+        for split in SPLITS:
+            if sizes[split] < self.span and (split == "train" or sizes[split] > 0):
+                self._too_short(n, f"the {split} split", sizes[split])
+            step = self.stride if split == "train" else self.span
+            starts = np.arange(lo, lo + sizes[split] - self.span + 1, step)
+            self.datasets[split] = VideoClips(target, starts, offsets)
+            lo += sizes[split]
