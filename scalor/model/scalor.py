@@ -52,7 +52,7 @@ class SCALOR(nn.Module):
                  ratio_anc: float = 2.5, var_anc: float = 0.5, explained_ratio_threshold: float = 0.3,
                  z_pres_disc_threshold: float = 0.7, gen_disc_pres_probs: float = 0.1, observe_frames: int = 5,
                  nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
-                 kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool = False,
+                 kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool = True,
                  skip_glimpse_below: float = 0.0):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
