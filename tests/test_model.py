@@ -339,3 +339,13 @@ def test_skipping_absent_cells_keeps_the_tracks_of_present_ones():
     # A tracked object needs presence > 0.7, far above the 0.1 skip threshold: same tracks.
     assert torch.equal(exact.counts, approx.counts) and torch.equal(exact.ids, approx.ids)
     torch.testing.assert_close(exact.boxes, approx.boxes)
+
+
+def test_cap_keeps_tied_saturated_cells_up_to_the_budget():
+    """Presences saturated at exactly 1.0 tie; the cap must still keep max_num_obj of them."""
+    torch.manual_seed(0)
+    m = tiny(max_num_obj=5)
+    torch.nn.init.constant_(m.discovery.proposal.pres_head[-1].bias, 50.0)
+    with torch.no_grad():
+        out = m(torch.rand(1, 2, 3, 64, 64), Schedule(tau=0.5))
+    assert out.counts[0, 0] == 5

@@ -178,12 +178,13 @@ class Discovery(nn.Module):
             accept = torch.ones(b, k, dtype=torch.bool, device=alpha_prop.device)
         z_pres = z_pres_relaxed * accept
 
-        # Cap: at most max_num_obj - lengths cells survive (strictly above the next-largest value).
+        # Cap: only the max_num_obj - lengths most present cells survive. The reference keeps values
+        # strictly above the next-largest one, which drops every cell when presences tie (e.g. several
+        # saturated at exactly 1.0); ranking with a stable sort keeps ties in raster order instead.
         budget = (self.max_num_obj - lengths).clamp(min=0)
-        ranked = z_pres.detach().sort(-1, descending=True).values
-        theta = ranked.gather(1, budget.clamp(max=k - 1)[:, None])
-        theta = torch.where(budget[:, None] >= k, torch.full_like(theta, -1.0), theta)
-        z_pres = z_pres * (z_pres > theta)
+        order = torch.sort(z_pres.detach(), dim=-1, descending=True, stable=True).indices
+        in_budget = torch.arange(k, device=order.device) < budget[:, None]
+        z_pres = z_pres * torch.zeros_like(in_budget).scatter(1, order, in_budget)
 
         p = z_pres_prior * accept + 1e-8 * (~accept) if reject else torch.full_like(logit, z_pres_prior)
         if imagine:

@@ -1,0 +1,308 @@
+"""Using a trained model: streaming tracking of a video, conditional generation, loading a checkpoint.
+
+``track_video`` reads frames window by window and carries the model's state (objects, IDs, ConvLSTM and
+background state) from one window to the next, so memory depends on the window, not on the video's length;
+it writes ``tracks.txt`` (MOTChallenge) and ``tracks.mp4`` as it goes. ``generate_videos`` infers the first
+``observe_frames`` frames of each sequence and imagines the rest from the priors. ``load_model`` rebuilds a
+SCALOR from a Lightning checkpoint of ``SCALORLitModule``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from scalor.errors import ConfigError, DataError, ScalorError
+from scalor.model import SCALOR
+from scalor.schedules import Curriculum, Schedule
+from scalor.viz import (VideoWriter, draw_boxes, draw_trails, make_grid, mark_generated, mot_rows, to_uint8_hwc,
+                        write_mot_txt)
+
+__all__ = ["PRESENCE_THRESHOLD", "generate_videos", "inference_schedule", "load_model", "track_video"]
+
+PRESENCE_THRESHOLD = 0.5  # an object is reported when its presence exceeds this (ARCHITECTURE.md §5)
+MIN_VIDEO_SIDE = 256  # output videos are enlarged (nearest neighbour) to at least this many pixels per side
+
+
+def inference_schedule(curriculum: Curriculum | None = None) -> Schedule:
+    """The schedule at the end of training: temperature and presence prior at their floors, state detached."""
+    c = curriculum or Curriculum()
+    return Schedule(tau=c.tau_end, z_pres_prior=c.z_pres_prior_end, detach=True, bg_alpha_curriculum=False)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _device_of(model: torch.nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@contextmanager
+def _inference_mode(model: SCALOR, deterministic: bool | None):
+    """Eval mode, no gradients and (optionally) a deterministic flag; the model's settings come back after."""
+    was_training, was_det = model.training, model.deterministic
+    model.eval()
+    if deterministic is not None:
+        model.deterministic = bool(deterministic)
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+        model.deterministic = was_det
+
+
+def _upscale_factor(height: int, width: int, upscale: int | None) -> int:
+    if upscale is not None:
+        if int(upscale) < 1:
+            raise ConfigError(f"upscale={upscale} must be >= 1 (or None to pick one automatically).")
+        return int(upscale)
+    return max(1, math.ceil(MIN_VIDEO_SIDE / max(1, min(height, width))))
+
+
+def _enlarge(img: np.ndarray, k: int) -> np.ndarray:
+    """Uint8 (H, W, 3) -> (k*H, k*W, 3) by pixel repetition."""
+    if k == 1:
+        return img
+    return cv2.resize(img, (img.shape[1] * k, img.shape[0] * k), interpolation=cv2.INTER_NEAREST)
+
+
+def _check_frame(frame: Any, index: int, img_hw: tuple[int, int]) -> np.ndarray:
+    """One input frame -> float32 (3, H, W) array, or a DataError that says what is wrong."""
+    f = frame.detach().cpu().numpy() if isinstance(frame, Tensor) else np.asarray(frame)
+    if f.shape != (3, *img_hw):
+        raise DataError(f"frame {index} has shape {tuple(f.shape)} but the model takes (3, {img_hw[0]}, "
+                        f"{img_hw[1]}); read the video with data.img_size={img_hw[0]} (the size it was trained on).")
+    if f.dtype == np.uint8:
+        return f.astype(np.float32) / 255.0
+    f = f.astype(np.float32, copy=False)
+    if not np.isfinite(f).all() or f.min() < -1e-3 or f.max() > 1 + 1e-3:
+        raise DataError(f"frame {index} has values outside [0, 1] (min {f.min():.3g}, max {f.max():.3g}); "
+                        "pass float frames scaled to [0, 1].")
+    return f
+
+
+def _windows(frames: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of at most ``size`` items, pulled from ``frames`` only when needed."""
+    it = iter(frames)
+    while True:
+        chunk = list(itertools.islice(it, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+# ---------------------------------------------------------------------------------------------- tracking
+def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.PathLike, window: int = 10,
+                fps: float = 10.0, trail: int = 8, device: str | torch.device | None = "cpu",
+                schedule: Schedule | None = None, upscale: int | None = None) -> dict[str, Any]:
+    """Track objects through a stream of frames (3, H, W) float32 in [0, 1]; write tracks.txt and tracks.mp4.
+
+    Frames are read ``window`` at a time; the model runs in eval mode, deterministically (posterior means),
+    without gradients, and its ``carry`` continues each window where the previous one ended, so object IDs
+    persist over the whole video and memory does not grow with its length. Every processed frame is written at
+    once: ``tracks.txt`` gets MOTChallenge lines ``frame,id,x,y,w,h,conf,-1,-1,-1`` (1-based frame, pixels of
+    the model's input, conf = presence) for objects with presence > 0.5; ``tracks.mp4`` shows the frames
+    (enlarged ``upscale`` times; None: to >= 256 px) with their boxes and the last ``trail`` box centres in ID
+    colours. ``device`` moves the model there (None: leave it where it is); ``schedule`` defaults to
+    :func:`inference_schedule`. The model's train/deterministic settings are restored afterwards.
+
+    Returns ``frames`` (count), ``num_ids`` and ``ids`` (distinct IDs written), ``detections`` (lines written),
+    ``max_objects`` (most objects in one frame), ``tracks_txt`` and ``tracks_mp4`` (paths as str), ``seconds``,
+    ``frames_per_s`` (everything included) and ``model_frames_per_s`` (the model alone).
+    """
+    if int(window) < 1:
+        raise ConfigError(f"window={window} must be at least 1 frame.")
+    if int(trail) < 1:
+        raise ConfigError(f"trail={trail} must be at least 1 frame.")
+    if not float(fps) > 0:
+        raise ConfigError(f"fps={fps} must be > 0.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    txt, mp4 = out_dir / "tracks.txt", out_dir / "tracks.mp4"
+    txt.write_text("", encoding="ascii")  # streamed lines are appended below
+    if device is not None:
+        model.to(device)
+    dev = _device_of(model)
+    schedule = schedule or inference_schedule()
+    img_hw = tuple(model.img_hw)
+    scale = _upscale_factor(*img_hw, upscale)
+    history: deque = deque(maxlen=int(trail))
+    ids_seen: set[int] = set()
+    n_frames = n_rows = max_objects = 0
+    model_s = 0.0
+    carry = None
+    start = time.perf_counter()
+    with _inference_mode(model, deterministic=True), VideoWriter(mp4, fps) as writer:
+        for chunk in _windows(frames, int(window)):
+            clip = np.stack([_check_frame(f, n_frames + i, img_hw) for i, f in enumerate(chunk)])
+            video = torch.from_numpy(clip).to(dev)[None]  # (1, T, 3, H, W)
+            t0 = time.perf_counter()
+            out = model(video, schedule, carry=carry)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            model_s += time.perf_counter() - t0
+            carry = out.carry
+            boxes = out.boxes[0].float().cpu().numpy()  # (T, N, 4)
+            pres = out.presence[0].float().cpu().numpy()  # (T, N)
+            ids = out.ids[0].cpu().numpy()  # (T, N)
+            ids = np.where(pres > PRESENCE_THRESHOLD, ids, -1)
+            rows = []
+            for t in range(len(chunk)):
+                keep = ids[t] >= 0
+                rows += mot_rows(n_frames + t, boxes[t][keep], ids[t][keep], img_hw[1], img_hw[0], pres[t][keep])
+                ids_seen.update(ids[t][keep].tolist())
+                max_objects = max(max_objects, int(keep.sum()))
+                history.append((boxes[t][keep], ids[t][keep]))
+                img = _enlarge(to_uint8_hwc(clip[t]), scale)
+                img = draw_trails(img, history, thickness=max(1, scale // 2))
+                writer.write(draw_boxes(img, boxes[t][keep], ids[t][keep], thickness=max(1, scale // 2)))
+            n_rows += write_mot_txt(txt, rows, append=True)
+            n_frames += len(chunk)
+            del out, video, clip
+    if n_frames == 0:
+        mp4.unlink(missing_ok=True)
+        raise DataError("the video has no frames to track; check data.path and data.frame_skip.")
+    seconds = time.perf_counter() - start
+    return {
+        "frames": n_frames,
+        "num_ids": len(ids_seen),
+        "ids": sorted(ids_seen),
+        "detections": n_rows,
+        "max_objects": max_objects,
+        "tracks_txt": str(txt),
+        "tracks_mp4": str(mp4),
+        "seconds": seconds,
+        "frames_per_s": n_frames / max(seconds, 1e-9),
+        "model_frames_per_s": n_frames / max(model_s, 1e-9),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- generation
+def generate_videos(model: SCALOR, video: Tensor | np.ndarray, out_dir: str | os.PathLike, observe_frames: int,
+                    fps: float = 5.0, schedule: Schedule | None = None, deterministic: bool | None = None,
+                    start_index: int = 0, upscale: int | None = None) -> list[Path]:
+    """Condition on the first ``observe_frames`` frames of video (B, T, 3, H, W) in [0, 1], imagine the rest.
+
+    Writes, per sequence b, ``generation_{start_index + b:03d}.mp4`` with T frames: the real frames on top,
+    the model's below (reconstructions of observed frames, then imagined frames marked with a red border and
+    "GEN"), and ``generation_{...}.png``, the same as one image (columns = frames). ``observe_frames=0``
+    generates from t = 0. ``deterministic`` sets the model's flag for this call (None: keep it; sampling
+    gives varied futures). Returns the mp4 paths.
+    """
+    v = torch.as_tensor(video)
+    img_hw = tuple(model.img_hw)
+    if v.dim() != 5 or tuple(v.shape[2:]) != (3, *img_hw):
+        raise DataError(f"video has shape {tuple(v.shape)} but generation takes (B, T, 3, {img_hw[0]}, "
+                        f"{img_hw[1]}); use data.img_size={img_hw[0]} (the size the model was trained on).")
+    if v.dtype == torch.uint8:
+        v = v.float() / 255.0
+    b, t_len = v.shape[:2]
+    k = int(observe_frames)
+    if not 0 <= k < t_len:
+        raise ConfigError(f"model.observe_frames={observe_frames} leaves nothing to generate in sequences of "
+                          f"{t_len} frames; use 0 <= model.observe_frames < data.seq_len={t_len}.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _inference_mode(model, deterministic):
+        out = model(v.float().to(_device_of(model)), schedule or inference_schedule(), observe_frames=k)
+    real = to_uint8_hwc(v.float())  # (B, T, H, W, 3)
+    fake = to_uint8_hwc(out.recon.float().clamp(0, 1))
+    scale = _upscale_factor(*img_hw, upscale)
+    paths = []
+    for i in range(b):
+        top = [_enlarge(f, scale) for f in real[i]]
+        bottom = [_enlarge(f, scale) for f in fake[i]]
+        bottom = [mark_generated(f) if t >= k else f for t, f in enumerate(bottom)]
+        name = f"generation_{start_index + i:03d}"
+        path = out_dir / f"{name}.mp4"
+        sep = np.full((max(2, scale), top[0].shape[1], 3), 255, np.uint8)
+        with VideoWriter(path, fps) as writer:
+            for r, g in zip(top, bottom):
+                writer.write(np.concatenate([r, sep, g], 0))
+        if writer.num_frames != t_len:
+            raise ScalorError(f"{path} got {writer.num_frames} frames instead of {t_len}; check free disk space.")
+        grid = make_grid(np.stack([np.stack(real[i]), np.stack([mark_generated(f) if t >= k else f
+                                                                 for t, f in enumerate(fake[i])])]))
+        cv2.imwrite(str(out_dir / f"{name}.png"), grid[..., ::-1])
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def _plain(value: Any, where: str) -> Any:
+    """OmegaConf containers -> plain Python (interpolations resolved)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        try:
+            return OmegaConf.to_container(value, resolve=True)
+        except Exception as err:  # noqa: BLE001 - any resolution failure is the checkpoint's problem
+            raise ScalorError(f"{where}: the model config cannot be resolved ({err}).") from err
+    return value
+
+
+def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SCALOR:
+    """Rebuild SCALOR from a Lightning checkpoint: ``hyper_parameters['model']`` (SCALOR kwargs, ``_target_``
+    allowed) and the ``model.``-prefixed weights of ``state_dict``. Returns the model in eval mode.
+
+    Only load checkpoints you trust: Lightning checkpoints are pickles.
+    """
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ScalorError(f"ckpt_path={path} is not a file; pass the path of a .ckpt checkpoint "
+                          "(or ckpt_path=last for the newest one of the experiment).")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - corrupt file, wrong format, truncated download
+        raise ScalorError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
+                          "pass a checkpoint written by this project.") from err
+    if not isinstance(ckpt, Mapping):
+        raise ScalorError(f"checkpoint {path} is not a Lightning checkpoint (it holds a {type(ckpt).__name__}).")
+    hparams = _plain(ckpt.get("hyper_parameters"), f"checkpoint {path}")
+    cfg = _plain(hparams.get("model") if isinstance(hparams, Mapping) else None, f"checkpoint {path}")
+    if not isinstance(cfg, Mapping):
+        raise ScalorError(f"checkpoint {path} has no model config: expected hyper_parameters['model'] with the "
+                          "SCALOR settings; was it written by scalor's training (task=fit)?")
+    kwargs = {str(k): v for k, v in cfg.items() if not str(k).startswith("_")}
+    accepted = set(inspect.signature(SCALOR.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ScalorError(f"checkpoint {path} has model settings this version does not know: {unknown}; "
+                          "load it with the scalor version that trained it.")
+    unresolved = sorted(k for k, v in kwargs.items() if isinstance(v, str) and "${" in v)
+    if unresolved:
+        raise ScalorError(f"checkpoint {path} has unresolved model settings {unresolved}; "
+                          "save the model config resolved.")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise ScalorError(f"checkpoint {path} has no state_dict; pass a checkpoint written by task=fit.")
+    weights = {}
+    for key, value in state.items():
+        if key.startswith("model."):
+            key = key[len("model."):]
+            weights[key.removeprefix("_orig_mod.")] = value  # torch.compile'd models
+    if not weights:
+        raise ScalorError(f"checkpoint {path} has no model weights (no state_dict key starts with 'model.').")
+    model = SCALOR(**kwargs)  # ConfigError for impossible settings
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ScalorError(f"checkpoint {path}: the weights do not fit its model config ({' '.join(first[:2])}).") \
+            from err
+    return model.to(map_location).eval()

@@ -1,0 +1,217 @@
+"""Streaming tracking, conditional generation and checkpoint loading (scalor/inference.py)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import cv2
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+import scalor.inference as inference
+from scalor.errors import ConfigError, DataError, ScalorError
+from scalor.inference import generate_videos, load_model, track_video
+from scalor.model import SCALOR
+
+torch.set_num_threads(1)
+
+TINY = dict(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=6)
+
+
+def tiny_model(seed: int = 0, pres_bias: float = 0.5) -> SCALOR:
+    """An untrained tiny SCALOR whose discovery presence is raised so that it finds (and keeps) objects.
+
+    The bias stays moderate: saturated presences tie at exactly 1 and the cap then keeps none of them.
+    """
+    torch.manual_seed(seed)
+    model = SCALOR(**TINY)
+    with torch.no_grad():
+        model.discovery.proposal.pres_head[-1].bias.fill_(pres_bias)
+    return model
+
+
+def squares(n: int = 12, size: int = 64, log: list | None = None):
+    """Three coloured squares moving on black, as float32 (3, H, W) frames; appends each index to ``log``."""
+    for t in range(n):
+        if log is not None:
+            log.append(t)
+        img = np.zeros((3, size, size), np.float32)
+        for k, (x0, y0, c) in enumerate([(8, 10, (1, 0.2, 0.2)), (40, 36, (0.2, 1, 0.2)), (20, 44, (0.3, 0.3, 1))]):
+            x, y = x0 + t, y0 + (t if k == 0 else -(t // 2))
+            img[:, y:y + 10, x:x + 10] = np.array(c, np.float32)[:, None, None]
+        yield img
+
+
+def read_video(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames
+
+
+def parse_mot(path):
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    assert all(len(r) == 10 and r[7:] == ["-1", "-1", "-1"] for r in rows)
+    return [(int(r[0]), int(r[1]), *map(float, r[2:7])) for r in rows]
+
+
+def test_track_video_writes_mot_and_video_with_persistent_ids(tmp_path):
+    model = tiny_model()
+    model.train()
+    summary = track_video(model, squares(12), tmp_path, window=5, fps=8)
+    assert model.training and not model.deterministic  # settings restored
+
+    rows = parse_mot(tmp_path / "tracks.txt")
+    assert rows and summary["detections"] == len(rows) and summary["frames"] == 12
+    frames_of = defaultdict(set)
+    for frame, oid, x, y, w, h, conf in rows:
+        assert 1 <= frame <= 12 and oid >= 1 and w > 0 and h > 0 and 0.5 < conf <= 1
+        frames_of[oid].add(frame)
+    assert {frame for frame, *_ in rows} == set(range(1, 13))  # something tracked in every frame
+    # IDs persist over the whole video, across the window boundaries (after frames 5 and 10)
+    assert any(f == set(range(1, 13)) for f in frames_of.values())
+    assert all({5, 6, 10, 11} <= f for f in frames_of.values() if min(f) <= 5)
+    assert summary["num_ids"] == len(frames_of) and summary["ids"] == sorted(frames_of)
+    assert summary["max_objects"] <= TINY["max_num_obj"]
+    # ids are never reused: each ID's frames are one run
+    assert all(max(f) - min(f) + 1 == len(f) for f in frames_of.values())
+
+    video = read_video(tmp_path / "tracks.mp4")
+    assert len(video) == 12
+    assert video[0].shape[0] >= 256 and video[0].shape[:2] == (256, 256)  # 64 px enlarged 4x
+    assert summary["tracks_mp4"] == str(tmp_path / "tracks.mp4") and summary["frames_per_s"] > 0
+
+
+def test_track_video_matches_one_window_run(tmp_path):
+    """Streaming in windows gives the same tracks as one pass over the whole clip (the carry is complete)."""
+    model = tiny_model()
+    track_video(model, squares(12), tmp_path / "w5", window=5)
+    track_video(model, squares(12), tmp_path / "w12", window=12)
+    a = parse_mot(tmp_path / "w5" / "tracks.txt")
+    b = parse_mot(tmp_path / "w12" / "tracks.txt")
+    assert [r[:2] for r in a] == [r[:2] for r in b]
+    np.testing.assert_allclose(np.array([r[2:] for r in a]), np.array([r[2:] for r in b]), atol=0.02)
+
+
+def test_track_video_streams_lazily(tmp_path, monkeypatch):
+    """Frames are pulled a window at a time: never more than ``window`` ahead of what is written."""
+    written = []
+
+    class CountingWriter(inference.VideoWriter):
+        def write(self, frame):
+            written.append(1)
+            super().write(frame)
+
+    monkeypatch.setattr(inference, "VideoWriter", CountingWriter)
+    pulled: list[int] = []
+    ahead = []
+
+    def frames():
+        for t, f in enumerate(squares(13, log=pulled)):
+            ahead.append(t + 1 - len(written))
+            yield f
+
+    summary = track_video(tiny_model(), frames(), tmp_path, window=4)
+    assert summary["frames"] == 13 and len(pulled) == 13 and len(written) == 13
+    assert max(ahead) <= 4  # last window is shorter (1 frame)
+    assert len(read_video(tmp_path / "tracks.mp4")) == 13
+
+
+def test_track_video_rejects_bad_frames(tmp_path):
+    model = tiny_model()
+    with pytest.raises(DataError, match="data.img_size=64"):
+        track_video(model, iter([np.zeros((3, 32, 32), np.float32)]), tmp_path)
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        track_video(model, iter([np.full((3, 64, 64), 255.0, np.float32)]), tmp_path)
+    with pytest.raises(DataError, match="no frames"):
+        track_video(model, iter([]), tmp_path)
+    with pytest.raises(ConfigError, match="window"):
+        track_video(model, squares(2), tmp_path, window=0)
+
+
+@pytest.mark.parametrize("observe", [3, 0])
+def test_generate_videos_writes_every_frame(tmp_path, observe):
+    video = torch.from_numpy(np.stack(list(squares(6))))[None].repeat(2, 1, 1, 1, 1)
+    model = tiny_model()
+    paths = generate_videos(model, video, tmp_path, observe_frames=observe, fps=5, start_index=3)
+    assert [p.name for p in paths] == ["generation_003.mp4", "generation_004.mp4"]
+    for p in paths:
+        frames = read_video(p)
+        assert len(frames) == 6
+        h, w = frames[0].shape[:2]
+        assert w == 256 and h == 2 * 256 + 4  # real on top, model below (4x enlarged), separator
+        # generated frames carry the red marker (BGR red) on the border of the lower half; observed ones do not
+        marked = [f[h - 2, w // 2, 2] > 200 and f[h - 2, w // 2, 0] < 60 for f in frames]
+        assert marked == [t >= observe for t in range(6)]
+        assert cv2.imread(str(p.with_suffix(".png"))) is not None
+    with pytest.raises(ConfigError, match="observe_frames"):
+        generate_videos(model, video, tmp_path, observe_frames=6)
+
+
+def _checkpoint(model: SCALOR, cfg: dict) -> dict:
+    return {"hyper_parameters": {"model": cfg, "seed": 1},
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
+
+
+def test_load_model_round_trip(tmp_path):
+    model = tiny_model(seed=3)
+    ckpt = tmp_path / "m.ckpt"
+    cfg = OmegaConf.create({"_target_": "scalor.model.SCALOR", **TINY, "observe_frames": 2})
+    torch.save(_checkpoint(model, cfg), ckpt)
+    loaded = load_model(ckpt)
+    assert isinstance(loaded, SCALOR) and not loaded.training and loaded.observe_frames == 2
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(ScalorError, match="is not a file"):
+        load_model(tmp_path / "missing.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ScalorError, match="cannot be read"):
+        load_model(bad)
+    model = tiny_model()
+    no_cfg = tmp_path / "nocfg.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"seed": 1}}, no_cfg)
+    with pytest.raises(ScalorError, match="has no model config"):
+        load_model(no_cfg)
+    unknown = tmp_path / "unknown.ckpt"
+    torch.save(_checkpoint(model, {**TINY, "warp_drive": True}), unknown)
+    with pytest.raises(ScalorError, match="warp_drive"):
+        load_model(unknown)
+    mismatch = tmp_path / "mismatch.ckpt"
+    torch.save(_checkpoint(model, {**TINY, "glimpse_size": 32}), mismatch)
+    with pytest.raises(ScalorError, match="do not fit"):
+        load_model(mismatch)
+    no_weights = tmp_path / "noweights.ckpt"
+    torch.save({"hyper_parameters": {"model": TINY}, "state_dict": {"other.x": torch.zeros(1)}}, no_weights)
+    with pytest.raises(ScalorError, match="no model weights"):
+        load_model(no_weights)
+
+
+def test_load_model_from_lit_module_checkpoint(tmp_path):
+    """The contract with SCALORLitModule: its checkpoint rebuilds the same network."""
+    lit_module = pytest.importorskip("scalor.lit_module")
+    cfg = OmegaConf.create({"data": {"img_size": 64},
+                            "model": {"_target_": "scalor.model.SCALOR", **TINY, "img_size": "${data.img_size}"}})
+    module = lit_module.SCALORLitModule(model=cfg.model)
+    clips = [{"video": torch.from_numpy(np.stack(list(squares(3))))} for _ in range(2)]
+    trainer = L.Trainer(max_steps=1, logger=False, accelerator="cpu", devices=1, default_root_dir=tmp_path,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(module, DataLoader(clips, batch_size=2))
+    trainer.save_checkpoint(tmp_path / "fit.ckpt")
+    loaded = load_model(tmp_path / "fit.ckpt")
+    assert loaded.img_hw == (64, 64)
+    for k, v in module.model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
