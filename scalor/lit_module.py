@@ -1,0 +1,147 @@
+"""SCALORLitModule: the negative ELBO as the loss, the optimiser, the schedules, metrics and logging."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, Optional
+
+import hydra
+import lightning as L
+import torch
+from torch import Tensor
+
+from scalor.metrics import CountingMetrics, MOTMetrics
+from scalor.model import SCALOR, SequenceOutput
+from scalor.resume import step_seed
+from scalor.schedules import Curriculum, Schedule
+
+TERMS = ("log_like", "kl_what", "kl_where", "kl_depth", "kl_pres", "kl_bg")
+PRESENCE_THRESHOLD = 0.5  # an object counts as predicted when its presence exceeds this (ARCHITECTURE.md §5)
+
+
+def _build(spec: Mapping | None, default: Callable[..., Any]) -> Any:
+    """Instantiate a config mapping (honouring ``_target_``) or call ``default(**spec)``."""
+    spec = dict(spec or {})
+    if "_target_" in spec:
+        return hydra.utils.instantiate(spec, _convert_="all")
+    return default(**spec)
+
+
+class SCALORLitModule(L.LightningModule):
+    """Trains SCALOR on batches ``{"video": (B, T, 3, H, W), ["boxes", "ids"]}``.
+
+    model: the model config (conf/model/scalor.yaml with the grid and image size filled in), saved in the
+    checkpoint so that ``load_from_checkpoint`` rebuilds the same network. curriculum: the schedule parameters
+    (conf/curriculum). optimizer / scheduler: Hydra ``_partial_`` factories, called with the parameters / the
+    optimiser (default: RMSprop, lr 4e-5, no scheduler). seed: with the global step, it reseeds torch's
+    generator before every training step (exact resume, see scalor/resume.py).
+
+    Loss: the batch mean of the negative ELBO per frame (SCALOR-SPEC §4.8). Logged per step: ``train/*`` loss
+    and KL terms, object counts and ``schedule/*``; per epoch: ``val/*`` and ``test/*`` terms and, where the
+    batch has ground truth, the tracking (MOTMetrics) and counting (CountingMetrics) metrics.
+    """
+
+    def __init__(self, model: Mapping, curriculum: Optional[Mapping] = None,
+                 optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
+                 scheduler: Optional[Callable[..., Any]] = None, scheduler_interval: str = "step",
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        self.model: SCALOR = _build(model, SCALOR)
+        self.curriculum: Curriculum = _build(curriculum, Curriculum)
+        self.optimizer_factory = optimizer or partial(torch.optim.RMSprop, lr=4e-5)
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.seed = int(seed)
+        self.mot = torch.nn.ModuleDict({"val": MOTMetrics(), "test": MOTMetrics()})
+        self.counting = torch.nn.ModuleDict({"val": CountingMetrics(), "test": CountingMetrics()})
+        self._has_gt = {"val": False, "test": False}
+        self._ckpt_step = 0  # optimiser steps of the last loaded checkpoint (schedule outside fit)
+
+    # ------------------------------------------------------------------ forward
+    def schedule(self) -> Schedule:
+        """The curriculum's values for the coming optimiser step; when testing or generating, those of the
+        step the loaded checkpoint was trained to."""
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        return self.curriculum.at(self.global_step if fitting else max(self.global_step, self._ckpt_step))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._ckpt_step = int(checkpoint.get("global_step", 0))
+
+    def forward(self, video: Tensor, **kwargs) -> SequenceOutput:
+        return self.model(video, self.schedule(), **kwargs)
+
+    # ------------------------------------------------------------------ training
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        schedule = self.schedule()
+        out = self.model(batch["video"], schedule)
+        loss = out.neg_elbo.mean()
+        self._log_terms("train", out, loss, on_step=True, on_epoch=False)
+        values = {"tau": schedule.tau, "z_pres_prior": schedule.z_pres_prior, "detach": float(schedule.detach),
+                  "bg_alpha_curriculum": float(schedule.bg_alpha_curriculum)}
+        self.log_dict({f"schedule/{k}": float(v) for k, v in values.items()}, on_step=True, on_epoch=False,
+                      batch_size=out.log_like.shape[0])
+        return loss
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        out = self._evaluate("test", batch)
+        samples = int(getattr(self.model, "nll_samples", 1))
+        if samples > 1:  # importance-weighted NLL (SCALOR-SPEC §4.10), nats per sequence
+            nll = self.model.importance_nll(batch["video"], self.schedule(), samples=samples)
+            self.log("test/nll", nll.mean(), on_epoch=True, sync_dist=True, batch_size=out.log_like.shape[0])
+
+    def _evaluate(self, stage: str, batch: dict) -> SequenceOutput:
+        out = self.model(batch["video"], self.schedule())
+        self._log_terms(stage, out, out.neg_elbo.mean(), on_step=False, on_epoch=True)
+        if "boxes" in batch and "ids" in batch:
+            pred_ids = torch.where(out.presence > PRESENCE_THRESHOLD, out.ids, -1)
+            self.mot[stage].update(out.boxes, pred_ids, batch["boxes"], batch["ids"])
+            self.counting[stage].update((pred_ids >= 0).sum(-1), (batch["ids"] >= 0).sum(-1))
+            self._has_gt[stage] = True
+        return out
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, stage: str) -> None:
+        """Compute (synchronised across processes by torchmetrics), log and reset the tracking metrics."""
+        if not self._has_gt[stage]:
+            return
+        values = {**self.mot[stage].compute(), **self.counting[stage].compute()}
+        self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items()}, sync_dist=True)
+        self.mot[stage].reset()
+        self.counting[stage].reset()
+        self._has_gt[stage] = False
+
+    # ------------------------------------------------------------------ logging
+    def _log_terms(self, stage: str, out: SequenceOutput, loss: Tensor, on_step: bool, on_epoch: bool) -> None:
+        values = {"kl": out.kl.mean()}
+        values.update({k: getattr(out, k).mean() for k in TERMS})
+        counts = out.counts.float()
+        values.update(count=counts.mean(), count_max=counts.max())
+        self.log_dict({f"{stage}/{k}": v.detach() for k, v in values.items()}, on_step=on_step,
+                      on_epoch=on_epoch, sync_dist=on_epoch, batch_size=out.log_like.shape[0])
+        self.log(f"{stage}/neg_elbo", loss.detach(), on_step=on_step, on_epoch=on_epoch, sync_dist=on_epoch,
+                 prog_bar=True, batch_size=out.log_like.shape[0])
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        config = {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/neg_elbo"
+        return {"optimizer": optimizer, "lr_scheduler": config}

@@ -1,0 +1,470 @@
+"""The tasks behind ``python run.py task=fit|test|track|generate``, each a plain function of the Hydra config.
+
+``run(cfg)`` dispatches on ``cfg.task`` and returns the number a sweep optimises (the monitored validation
+metric for fit, the matching test metric for test). Every task first calls :func:`check_config`, which ends
+impossible settings with a :class:`ConfigError` naming the key and the fix, before any data is generated or read.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from scalor.callbacks import AtomicCheckpointIO
+from scalor.errors import ConfigError, ScalorError
+from scalor.lit_module import SCALORLitModule
+from scalor.model import SCALOR
+from scalor.resume import resumable_train_loader
+
+TASKS = ("fit", "test", "track", "generate")
+# Model keys that only change how a trained network is run, not its weights.
+RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic")
+# Where each model key is set from (for error messages).
+MODEL_KEY_SOURCE = {"img_size": "data.img_size", "num_cell_h": "grid.num_cell_h", "num_cell_w": "grid.num_cell_w"}
+HIGHER_IS_BETTER = ("mota", "motp", "idf1", "idp", "idr", "precision", "recall", "count_acc", "log_like",
+                    "mostly_tracked")
+
+
+# ======================================================================================= entry point
+def run(cfg: DictConfig) -> Optional[float]:
+    """Run ``cfg.task``; returns the metric sweeps optimise (fit: best validation value of ``monitor.metric``;
+    test: the matching test metric; track/generate: None). Raises :class:`ScalorError` for user errors."""
+    task = cfg.get("task")
+    if task not in TASKS:
+        raise ConfigError(f"task={task} is unknown; use task=fit, task=test, task=track or task=generate.")
+    try:
+        return {"fit": fit, "test": test, "track": track, "generate": generate}[task](cfg)
+    finally:
+        finish_wandb()
+
+
+def fit(cfg: DictConfig) -> Optional[float]:
+    """Train (resuming from ``ckpt_path`` if given), then test the best checkpoint; returns the best
+    validation value of the monitored metric."""
+    ckpt_path = check_config(cfg)
+    start = time.monotonic()
+    datamodule = build_datamodule(cfg)
+    monitor = resolve_monitor(cfg, datamodule)
+    resumable_train_loader(datamodule, cfg.seed)
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
+    log_config(trainer, cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    best = _best_checkpoint(trainer)
+    value = _metric_value(trainer, monitor, best)
+    test_metrics: dict[str, float] = {}
+    if cfg.test_after_fit:
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        draw_test_media(trainer, module, datamodule)
+    if trainer.is_global_zero:
+        print_summary(cfg, trainer, "fit", time.monotonic() - start, {f"{monitor} (best)": value, **test_metrics})
+    return value
+
+
+def test(cfg: DictConfig) -> Optional[float]:
+    """Evaluate ``ckpt_path`` on the test split; returns the test counterpart of the monitored metric."""
+    ckpt_path = check_config(cfg)
+    start = time.monotonic()
+    datamodule = build_datamodule(cfg)
+    monitor = resolve_monitor(cfg, datamodule)
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
+    log_config(trainer, cfg)
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    draw_test_media(trainer, module, datamodule)
+    if trainer.is_global_zero:
+        print_summary(cfg, trainer, "test", time.monotonic() - start, {"checkpoint": str(ckpt_path), **metrics})
+    return metrics.get(monitor.replace("val/", "test/", 1))
+
+
+def track(cfg: DictConfig) -> dict:
+    """Stream ``data.path`` (a video file or a folder of frames) through the checkpoint's model, ``data.seq_len``
+    frames at a time with the state carried over, and write ``tracks.txt`` (MOTChallenge) and ``tracks.mp4``
+    into the run folder. The model (image size, grid ...) is the checkpoint's; returns the tracking stats."""
+    ckpt_path = check_config(cfg)
+    start = time.monotonic()
+    from scalor.datamodules.video import iter_frames, video_fps
+    from scalor.inference import inference_schedule, load_model, track_video
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(ckpt_path, map_location=device)
+    data = cfg.data
+    skip = int(data.get("frame_skip", 1))
+    frames = iter_frames(data.path, model.img_hw[0], skip, data.get("resize", "resize"), data.get("crop_size"))
+    stats = track_video(model, frames, cfg.paths.output_dir, window=int(data.seq_len),
+                        fps=video_fps(data.path) / skip, device=device,
+                        schedule=inference_schedule(instantiate(cfg.curriculum)))
+    print_summary(cfg, None, "track", time.monotonic() - start,
+                  {"checkpoint": ckpt_path, **{k: stats[k] for k in ("frames", "num_ids", "detections",
+                                                                    "max_objects", "frames_per_s")}},
+                  (Path(stats["tracks_txt"]), Path(stats["tracks_mp4"])))
+    return stats
+
+
+def generate(cfg: DictConfig) -> list[Path]:
+    """Conditional generation: infer the first ``model.observe_frames`` frames of a few test sequences and
+    imagine the rest; writes ``media/generation_<i>.mp4`` and ``.png`` (real frames above generated ones)."""
+    ckpt_path = check_config(cfg)
+    start = time.monotonic()
+    from scalor.inference import generate_videos, inference_schedule, load_model
+
+    datamodule = build_datamodule(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    model = load_model(ckpt_path, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    video = next(iter(datamodule.test_dataloader()))["video"][:4]
+    k = int(cfg.model.observe_frames)
+    paths = generate_videos(model, video, cfg.paths.media_dir, k,
+                            schedule=inference_schedule(instantiate(cfg.curriculum)))
+    print_summary(cfg, None, "generate", time.monotonic() - start,
+                  {"checkpoint": ckpt_path, "observe_frames": k, "sequences": len(paths)}, tuple(paths))
+    return paths
+
+
+# ======================================================================================= validation
+def check_config(cfg: DictConfig) -> Optional[str]:
+    """Check the whole config before anything is built; returns the resolved checkpoint path (or None).
+
+    Raises ConfigError (one sentence: the key, the bad value, the fix) for unresolvable interpolations,
+    impossible model settings, hardware the run cannot have, a missing or mismatched checkpoint, and
+    cross-group conflicts (e.g. model.observe_frames >= data.seq_len for task=generate).
+    """
+    resolved = _resolve(cfg)
+    task = resolved.get("task")
+    if task not in TASKS:
+        raise ConfigError(f"task={task} is unknown; use task=fit, task=test, task=track or task=generate.")
+    model = {k: v for k, v in resolved["model"].items() if k != "_target_"}
+    SCALOR.validate_config(**model)
+    data = resolved["data"]
+    if task == "generate" and not 0 <= int(model.get("observe_frames", 0)) < int(data["seq_len"]):
+        raise ConfigError(f"model.observe_frames={model.get('observe_frames')} leaves nothing to generate in "
+                          f"data.seq_len={data['seq_len']} frames; use 0 <= model.observe_frames < {data['seq_len']}.")
+    if task == "track" and not data.get("path"):
+        raise ConfigError("task=track streams a video: pass data=video data.path=/path/to/clip.mp4 (or a folder "
+                          "of frames).")
+    _check_trainer(resolved["trainer"])
+    _check_monitor(resolved.get("monitor") or {})
+    lr = (resolved.get("optimizer") or {}).get("lr")
+    if lr is not None and not float(lr) > 0:
+        raise ConfigError(f"optimizer.lr={lr} must be > 0 (the reference uses 4e-5).")
+    if resolved.get("scheduler_interval") not in ("step", "epoch"):
+        raise ConfigError(f"scheduler_interval={resolved.get('scheduler_interval')} is unknown; use step or epoch.")
+
+    ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path is None and task in ("test", "track", "generate"):
+        raise ConfigError(f"task={task} needs a trained model: pass ckpt_path=PATH or ckpt_path=last.")
+    if ckpt_path is not None:
+        saved = (_load_checkpoint(ckpt_path).get("hyper_parameters") or {}).get("model")
+        if saved is None:
+            raise ConfigError(f"ckpt_path={ckpt_path} holds no scalor model config; pass a checkpoint written by "
+                              "`python run.py` (task=fit).")
+        # fit/test build the model from this config; generate runs the checkpoint's model on this data, so only
+        # the image size must agree; track resizes the video to the checkpoint's image size.
+        keys = {"fit": sorted(set(saved) | set(resolved["model"])), "generate": ["img_size"], "track": []}
+        for key in keys.get(task, keys["fit"]):
+            if key in RUNTIME_MODEL_KEYS or saved.get(key) == resolved["model"].get(key):
+                continue
+            source = MODEL_KEY_SOURCE.get(key, f"model.{key}")
+            raise ConfigError(f"ckpt_path={ckpt_path} was trained with {source}={saved.get(key)} but this config "
+                              f"has {resolved['model'].get(key)}; set {source}={saved.get(key)} (or use the "
+                              "experiment it was trained with).")
+    return ckpt_path
+
+
+def _resolve(cfg: DictConfig) -> dict:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"the config does not resolve{f' at {key}' if key else ''}: {msg}; fix that value "
+                          "or its interpolation.") from None
+
+
+def _check_trainer(trainer: dict) -> None:
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    accelerator = str(trainer.get("accelerator", "auto"))
+    strategy = trainer.get("strategy", "auto")
+    strategy_name = strategy.get("_target_", "") if isinstance(strategy, dict) else str(strategy)
+    ddp = "ddp" in strategy_name.lower()
+    gpus = torch.cuda.device_count()
+    if accelerator not in ("auto", "gpu", *AcceleratorRegistry.available_accelerators()):
+        raise ConfigError(f"trainer.accelerator={accelerator} is unknown; use trainer=default (auto), trainer=cpu "
+                          "or trainer=gpu.")
+    if not isinstance(strategy, dict) and strategy_name != "auto" and strategy_name not in StrategyRegistry:
+        raise ConfigError(f"trainer.strategy={strategy_name} is unknown; use strategy=single, strategy=ddp (GPUs) "
+                          "or strategy=ddp_cpu (2 CPU processes).")
+    if accelerator in ("gpu", "cuda") and gpus == 0:
+        if ddp:
+            raise ConfigError("strategy=ddp needs CUDA GPUs but none is visible; use strategy=ddp_cpu "
+                              "(2 CPU processes) or strategy=single.")
+        raise ConfigError(f"trainer.accelerator={accelerator} needs a CUDA GPU but none is visible; use "
+                          "trainer=cpu (or trainer=default, which picks the hardware).")
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, int) and (devices == 0 or devices < -1):
+        raise ConfigError(f"trainer.devices={devices} is invalid; use a positive number, -1 (all) or auto.")
+    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > gpus:
+        raise ConfigError(f"trainer.devices={devices} but only {gpus} GPU(s) are visible; set trainer.devices="
+                          f"{gpus} or fewer.")
+    if ddp and accelerator == "cpu" and isinstance(devices, int) and devices < 2 and trainer.get("num_nodes", 1) < 2:
+        raise ConfigError(f"strategy=ddp_cpu with trainer.devices={devices} has nothing to distribute; set "
+                          "trainer.devices=2 (or more) or use strategy=single.")
+
+
+def _check_monitor(monitor: dict) -> None:
+    metric, mode = str(monitor.get("metric", "auto")), str(monitor.get("mode", "auto"))
+    if metric != "auto" and not metric.startswith("val/"):
+        raise ConfigError(f"monitor.metric={metric} must be a validation metric such as val/mota or val/neg_elbo "
+                          "(or auto).")
+    if mode not in ("auto", "min", "max"):
+        raise ConfigError(f"monitor.mode={mode} is unknown; use min, max or auto.")
+
+
+def resolve_monitor(cfg: DictConfig, datamodule: Any) -> str:
+    """Fill ``monitor.metric`` / ``monitor.mode`` if ``auto`` (val/mota max with ground truth, else
+    val/neg_elbo min) and return the metric name."""
+    has_gt = bool(getattr(datamodule, "has_ground_truth", False))
+    metric = cfg.monitor.metric
+    if metric == "auto":
+        metric = "val/mota" if has_gt else "val/neg_elbo"
+    if not has_gt and metric.split("/")[-1] in ("mota", "motp", "idf1", "idp", "idr", "count_acc", "count_mae"):
+        raise ConfigError(f"monitor.metric={metric} needs ground truth but data={cfg.data._target_.split('.')[-1]} "
+                          "has none; use monitor.metric=val/neg_elbo monitor.mode=min "
+                          "(and hydra.sweeper.direction=minimize in a sweep).")
+    mode = cfg.monitor.mode
+    if mode == "auto":
+        mode = "max" if metric.split("/")[-1] in HIGHER_IS_BETTER else "min"
+    cfg.monitor.metric, cfg.monitor.mode = metric, mode
+    return metric
+
+
+# ======================================================================================= checkpoints
+def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
+    """``ckpt_path``: None, an existing file, or ``last`` -> the newest ``*.ckpt`` of this experiment under
+    ``<paths.output_root>/<name>/`` (any run, any task)."""
+    path = cfg.get("ckpt_path")
+    if path is None or str(path) == "":
+        return None
+    if str(path) == "last":
+        found = find_last_checkpoint(cfg.paths.output_root, cfg.name)
+        if found is None:
+            raise ConfigError(f"ckpt_path=last found no checkpoint of experiment {cfg.name} under "
+                              f"{Path(cfg.paths.output_root) / cfg.name}; train first "
+                              f"(python run.py experiment={cfg.name}) or pass ckpt_path=PATH.")
+        return str(found)
+    if not Path(str(path)).is_file():
+        raise ConfigError(f"ckpt_path={path} is not a file; pass an existing .ckpt file or ckpt_path=last.")
+    return str(path)
+
+
+def find_last_checkpoint(output_root: str, name: str) -> Optional[Path]:
+    """The most recently written ``*.ckpt`` below ``output_root/name`` (``last.ckpt`` wins ties), or None."""
+    root = Path(str(output_root)) / str(name)
+    if not root.is_dir():
+        return None
+    found = [p for p in root.rglob("*.ckpt") if p.is_file()]
+    if not found:
+        return None
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
+
+
+def _load_checkpoint(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is a user error here
+        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({type(err).__name__}); pass a .ckpt "
+                          "file written by `python run.py`.") from None
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str:
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
+            return cb.best_model_path
+    return ""
+
+
+def _metric_value(trainer: L.Trainer, monitor: str, best: str) -> Optional[float]:
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor == monitor and cb.best_model_score is not None and best:
+            return float(cb.best_model_score)
+    value = trainer.callback_metrics.get(monitor)
+    return None if value is None else float(value)
+
+
+# ======================================================================================= builders
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets project errors through and turns bad arguments into ConfigError."""
+    try:
+        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ScalorError):
+            raise cause from None
+        target = node.get("_target_", "?") if hasattr(node, "get") else "?"
+        detail = str(cause or err).splitlines()[0] if str(cause or err) else type(cause or err).__name__
+        raise ConfigError(f"cannot build {target}: {detail}; fix the matching config keys.") from None
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """Instantiate ``cfg.data`` and run its cheap input checks (no data is generated or read yet)."""
+    datamodule = instantiate(cfg.data)
+    datamodule.validate()
+    return datamodule
+
+
+def build_module(cfg: DictConfig) -> SCALORLitModule:
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return SCALORLitModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        curriculum=OmegaConf.to_container(cfg.curriculum, resolve=True),
+        optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
+        scheduler_interval=cfg.scheduler_interval, seed=cfg.seed,
+    )
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` (strategy merged in) with the callbacks, loggers and atomic checkpoints."""
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()
+                 if node is not None and "_target_" in node]
+    loggers = build_loggers(cfg)
+    if not loggers:  # nothing to send learning rates to (logger=none)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                           plugins=[AtomicCheckpointIO()],
+                           enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks))
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("cannot build lightning.pytorch.Trainer", "trainer")) from None
+
+
+def _run_names(cfg: DictConfig) -> tuple[str, Optional[str]]:
+    """(run name, sweep group): ``<experiment>/<run folder>`` or, in a multirun, ``<experiment>/<sweep>/<job>``."""
+    out = Path(str(cfg.paths.output_dir))
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            sweep = Path(str(hc.sweep.dir)).name
+            return f"{cfg.name}/{sweep}/{hc.job.num}", f"{cfg.name}/{sweep}"
+    return f"{cfg.name}/{out.name}", None
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if node is None or "_target_" not in node:
+            continue
+        kwargs = {}
+        if node._target_.endswith("WandbLogger"):
+            name, group = _run_names(cfg)
+            kwargs = {"name": node.get("name") or name, "group": node.get("group") or group}
+        loggers.append(instantiate(node, **kwargs))
+    return loggers
+
+
+@rank_zero_only
+def log_config(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Send the resolved config to every logger as hyperparameters."""
+    params = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params)
+
+
+def finish_wandb() -> None:
+    """Close the wandb run of this process, if any, so the next run (multirun job) starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
+
+
+# ======================================================================================= media and summary
+def draw_test_media(trainer: L.Trainer, module: SCALORLitModule, datamodule: Any) -> None:
+    """Draw the first test sequences with the configured visualisation callback (panels, tracking videos;
+    files under media/ or the wandb run). Rank zero only; nothing without that callback or under fast_dev_run."""
+    from scalor.callbacks.visualize import VisualizationCallback
+
+    drawers = [cb for cb in trainer.callbacks if isinstance(cb, VisualizationCallback)]
+    if drawers and trainer.is_global_zero and not trainer.fast_dev_run:
+        drawers[0].draw(trainer, module, next(iter(datamodule.test_dataloader()))["video"], "test")
+
+
+SUMMARY_KEYS = ("neg_elbo", "log_like", "kl", "count", "mota", "motp", "idf1", "id_switches", "count_acc",
+                "count_mae", "nll")
+
+
+def print_summary(cfg: DictConfig, trainer: Optional[L.Trainer], task: str, seconds: float,
+                  metrics: dict[str, Any], outputs: tuple[Path, ...] = ()) -> None:
+    """A short rich summary: the main metrics (all of them are in the logs), then where checkpoints, logs and
+    media went."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    steps = f", {trainer.global_step} steps" if trainer is not None and task == "fit" else ""
+    table = Table(title=f"scalor {cfg.name}: task={task} finished in {_duration(seconds)}{steps}",
+                  title_justify="left", header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, str):
+            continue
+        if "/" not in key or key.split("/")[-1] in SUMMARY_KEYS or key.startswith(str(cfg.monitor.metric)):
+            table.add_row(key, _format(value))
+    console.print(table)
+    for key, value in metrics.items():
+        if isinstance(value, str):
+            console.print(f"{key:<12} {value}")
+    out = Path(str(cfg.paths.output_dir))
+    console.print(f"run folder   {out}")
+    ckpts = sorted(Path(str(cfg.paths.ckpt_dir)).glob("*.ckpt"))
+    if ckpts:
+        console.print(f"checkpoints  {ckpts[0].parent}: " + ", ".join(p.name for p in ckpts))
+    if trainer is not None:
+        for logger in trainer.loggers:
+            kind = type(logger).__name__
+            if kind == "WandbLogger":
+                run_dir = Path(logger.experiment.dir).parent
+                offline = getattr(logger.experiment.settings, "mode", "offline") in ("offline", "dryrun")
+                console.print(f"logs         wandb {run_dir}" + (f" (upload: wandb sync {run_dir})" if offline else ""))
+            elif getattr(logger, "log_dir", None):
+                console.print(f"logs         {kind} {logger.log_dir}")
+    if (out / "run.log").is_file():
+        console.print(f"logs         {out / 'run.log'}, config {out / '.hydra'}")
+    media_dir = Path(str(cfg.paths.media_dir))
+    files = sum(1 for p in media_dir.rglob("*") if p.is_file()) if media_dir.is_dir() else 0
+    if files:
+        console.print(f"media        {media_dir} ({files} files)")
+    for path in outputs:
+        console.print(f"output       {path}")
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

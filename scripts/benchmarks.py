@@ -1,0 +1,81 @@
+"""Run the benchmark suite and write docs/benchmarks.json and the table in docs/benchmarks.md.
+
+    python scripts/benchmarks.py            # every case, then the table
+    python scripts/benchmarks.py --table    # only re-render the table from docs/benchmarks.json
+
+Each case is one `python -m scalor.bench` process (so peak RSS is per case). The table rows and the
+targets of the performance issue come from CASES; nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAPER = ["experiment=dsprites_crowded", "data.img_size=128", "grid=8x8", "data.seq_len=10",
+         "model.max_num_obj=45", "model.glimpse_size=64"]
+SMALL = ["experiment=dsprites_easy", "data.img_size=64", "grid=4x4", "data.seq_len=10", "model.max_num_obj=10",
+         "model.glimpse_size=64"]
+# (name, overrides, target as text, check on the result or None)
+CASES = [
+    ("128px 8x8, 45 obj, glimpse 64, T10, B1, train", PAPER + ["data.batch_size=1", "bench.steps=3"],
+     "median <= 8 s, RSS <= 1.5 GB", lambda r: r["median_step_s"] <= 8 and r["peak_rss_mb"] <= 1536),
+    ("same, B4, train", PAPER + ["data.batch_size=4", "bench.steps=2"],
+     "RSS <= 4 GB", lambda r: r["peak_rss_mb"] <= 4096),
+    ("same, B1, checkpoint_decoder=false", PAPER + ["data.batch_size=1", "bench.steps=3",
+                                                    "model.checkpoint_decoder=false"], "(option off)", None),
+    ("64px 4x4, 10 obj, glimpse 64, T10, B4, train", SMALL + ["data.batch_size=4", "bench.steps=3"],
+     "median <= 1.5 s, RSS <= 1 GB", lambda r: r["median_step_s"] <= 1.5 and r["peak_rss_mb"] <= 1024),
+    ("128px 8x8, 45 obj, T10, B1, track (fresh weights)", PAPER + ["data.batch_size=1", "bench.mode=track",
+                                                                  "bench.steps=3"],
+     ">= 25 frames/s (with a trained checkpoint)", None),
+    ("same, track, skip_glimpse_below=0.1", PAPER + ["data.batch_size=1", "bench.mode=track", "bench.steps=3",
+                                                     "model.skip_glimpse_below=0.1"], "(approximation)", None),
+]
+
+
+def run_case(overrides: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "scalor.bench", *overrides], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(results: list[dict]) -> str:
+    rows = ["| case | median s/step | min | max | frames/s | peak RSS MB | mean count | target | met |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    checks = {name: check for name, _, _, check in CASES}
+    for r in results:
+        check = checks.get(r["name"])
+        met = "" if check is None else ("yes" if check(r) else "**no**")
+        rows.append(f"| {r['name']} | {r['median_step_s']} | {r['min_step_s']} | {r['max_step_s']} | "
+                    f"{r['frames_per_s']} | {r['peak_rss_mb']} | {r['mean_count']} | {r['target']} | {met} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    out_json = DOCS / "benchmarks.json"
+    if "--table" not in sys.argv:
+        results = []
+        for name, overrides, target, _ in CASES:
+            print(f"running: {name}", flush=True)
+            result = run_case(overrides)
+            result.update(name=name, target=target, overrides=overrides)
+            results.append(result)
+        out_json.write_text(json.dumps(results, indent=1))
+    results = json.loads(out_json.read_text())
+    md = DOCS / "benchmarks.md"
+    text = md.read_text()
+    start, end = "<!-- table:start -->", "<!-- table:end -->"
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    md.write_text(f"{head}{start}\n{table(results)}\n{end}{tail}")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Config groups compose, schedules are pure functions of the step, and impossible settings fail at start-up with
+one line naming the key (exit code 2, no traceback, no data generated)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONF, ROOT, experiments
+from scalor.errors import ConfigError
+from scalor.schedules import Curriculum
+from scalor.tasks import check_config, find_last_checkpoint, resolve_monitor, run
+
+
+@pytest.mark.parametrize("name", experiments())
+def test_every_experiment_composes_and_passes_the_checks(compose_cfg, name):
+    cfg = compose_cfg(f"experiment={name}")
+    assert cfg.name == name
+    assert cfg.model.img_size == cfg.data.img_size
+    assert check_config(cfg) is None
+
+
+def test_default_is_the_quick_experiment_with_the_reference_optimiser_defaults(compose_cfg):
+    cfg = compose_cfg(tiny=False)
+    assert cfg.name == "quick" and cfg.task == "fit"
+    assert cfg.trainer.accelerator == "auto" and cfg.trainer.gradient_clip_val == 1.0
+    assert OmegaConf.select(cfg, "logger.wandb._target_").endswith("WandbLogger")
+    opt = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(opt, torch.optim.RMSprop)
+    plain = compose_cfg("experiment=dsprites_easy", tiny=False)
+    assert plain.optimizer.lr == 4e-5 and plain.scheduler is None
+
+
+@pytest.mark.parametrize("grid", ["4x4", "8x8", "16x16"])
+def test_grid_group(compose_cfg, grid):
+    cfg = compose_cfg(f"grid={grid}")
+    side = int(grid.split("x")[0])
+    assert (cfg.grid.num_cell_h, cfg.grid.num_cell_w) == (side, side)
+    assert (cfg.model.num_cell_h, cfg.model.num_cell_w) == (side, side)
+
+
+def test_strategy_and_logger_groups(compose_cfg):
+    ddp_cpu = compose_cfg("strategy=ddp_cpu").trainer
+    assert ddp_cpu.accelerator == "cpu" and ddp_cpu.devices == 2
+    assert ddp_cpu.strategy.process_group_backend == "gloo"
+    assert compose_cfg("strategy=ddp").trainer.accelerator == "gpu"
+    assert compose_cfg("trainer=gpu").trainer.accelerator == "gpu"
+    assert OmegaConf.select(compose_cfg("logger=csv"), "logger.csv._target_").endswith("CSVLogger")
+    assert not compose_cfg("logger=none").logger
+
+
+def test_search_and_launcher_configs_compose(compose_cfg):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["hparams_search=optuna", "hydra/launcher=slurm", "trainer.devices=4",
+                                           "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
+        assert cfg.monitor.metric == "val/mota" and cfg.monitor.mode == "max"
+        assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "model.sigma", "model.size_anc",
+                                                 "model.explained_ratio_threshold"}
+        assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+        assert cfg.hydra.launcher.tasks_per_node == 4 and cfg.hydra.launcher.timeout_min > 0
+        cfg = compose("config", overrides=["hydra/launcher=local"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith("LocalLauncher")
+
+
+def test_curricula(compose_cfg):
+    ref = instantiate(OmegaConf.load(CONF / "curriculum" / "default.yaml"))
+    assert ref == Curriculum()
+    # reference conventions: tau from the step before the update, the rest from the step after it
+    assert ref.at(0).tau == 1.0 and ref.at(20000).tau == pytest.approx(0.5) and ref.at(10**6).tau == 0.5
+    assert ref.at(10000).tau == pytest.approx(0.5 ** 0.5)
+    assert ref.at(0).z_pres_prior == pytest.approx(0.1 + (1e-3 - 0.1) / 500)
+    assert ref.at(499).z_pres_prior == pytest.approx(1e-3)
+    assert ref.at(29998).detach and not ref.at(29999).detach
+    assert not ref.at(0).bg_alpha_curriculum
+
+    composed = {name: instantiate(compose_cfg(f"curriculum={name}").curriculum) for name in ("bg_alpha", "none")}
+    bg = composed["bg_alpha"]
+    assert bg.at(0).bg_alpha_curriculum and bg.at(198).bg_alpha_curriculum and not bg.at(199).bg_alpha_curriculum
+    none = composed["none"]
+    assert none.at(0) == none.at(10**6)
+    assert none.at(0).tau == 0.5 and none.at(0).z_pres_prior == pytest.approx(1e-3) and not none.at(0).detach
+
+
+def test_curriculum_group_composes(compose_cfg):
+    cfg = compose_cfg("curriculum=bg_alpha")
+    assert cfg.curriculum.bg_alpha_curriculum and cfg.curriculum.tau_decay_steps == 20000
+    cfg = compose_cfg("curriculum=none")
+    assert instantiate(cfg.curriculum).at(0).tau == 0.5
+
+
+def test_schedules_are_pure_functions_of_the_step():
+    cur = Curriculum(bg_alpha_curriculum=True)
+    forward = [cur.at(s) for s in range(0, 40000, 97)]
+    backward = [cur.at(s) for s in reversed(range(0, 40000, 97))][::-1]
+    assert forward == backward  # no hidden state: a resumed run sees the same values
+
+
+def test_monitor_follows_ground_truth(compose_cfg):
+    cfg = compose_cfg()
+    assert resolve_monitor(cfg, type("DM", (), {"has_ground_truth": True})()) == "val/mota"
+    assert cfg.monitor.mode == "max"
+    cfg = compose_cfg()
+    assert resolve_monitor(cfg, type("DM", (), {"has_ground_truth": False})()) == "val/neg_elbo"
+    assert cfg.monitor.mode == "min"
+    cfg = compose_cfg("monitor.metric=val/mota")
+    with pytest.raises(ConfigError, match="monitor.metric=val/mota needs ground truth"):
+        resolve_monitor(cfg, type("DM", (), {"has_ground_truth": False})())
+
+
+def test_find_last_checkpoint_picks_the_newest(tmp_path):
+    assert find_last_checkpoint(tmp_path, "quick") is None
+    old = tmp_path / "quick" / "a" / "checkpoints" / "last.ckpt"
+    new = tmp_path / "quick" / "b" / "checkpoints" / "best.ckpt"
+    other = tmp_path / "other" / "c" / "checkpoints" / "last.ckpt"
+    for i, p in enumerate((old, new, other)):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+        os.utime(p, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
+    assert find_last_checkpoint(tmp_path, "quick") == new
+
+
+BAD = [
+    (["model.glimpse_size=20"], "model.glimpse_size=20"),
+    (["grid=16x16", "data.img_size=16"], "data.img_size=16"),
+    (["task=generate", "model.observe_frames=9"], "model.observe_frames=9 leaves nothing to generate"),
+    (["task=test"], "task=test needs a trained model"),
+    (["task=track"], "task=track streams a video"),
+    (["task=bogus"], "task=bogus is unknown"),
+    (["ckpt_path=last"], "ckpt_path=last found no checkpoint"),
+    (["ckpt_path=/no/such/file.ckpt"], "ckpt_path=/no/such/file.ckpt is not a file"),
+    (["optimizer.lr=0"], "optimizer.lr=0"),
+    (["monitor.metric=train/neg_elbo"], "monitor.metric=train/neg_elbo"),
+    (["trainer.strategy=warp_drive"], "trainer.strategy=warp_drive is unknown"),
+    (["strategy=ddp_cpu", "trainer.devices=1"], "strategy=ddp_cpu with trainer.devices=1"),
+    (["data.batch_size=0"], "data.batch_size=0"),
+]
+if not torch.cuda.is_available():
+    BAD += [(["strategy=ddp"], "strategy=ddp needs CUDA GPUs"), (["trainer=gpu"], "trainer=cpu")]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_config_errors_in_process(compose_cfg, data_dir, tmp_path, overrides, message):
+    cfg = compose_cfg(f"paths.data_dir={tmp_path / 'fresh'}", *overrides)
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    text = str(err.value)
+    assert message in text and "\n" not in text
+    assert not (tmp_path / "fresh").exists()  # nothing generated or read
+
+
+def test_checkpoint_that_does_not_match_the_config(compose_cfg, tmp_path):
+    cfg = compose_cfg()
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    path = tmp_path / "other.ckpt"
+    torch.save({"hyper_parameters": {"model": {**model, "num_cell_h": 8}}}, path)
+    with pytest.raises(ConfigError, match="trained with grid.num_cell_h=8 but this config has 4"):
+        check_config(compose_cfg(f"ckpt_path={path}"))
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="is not a readable checkpoint"):
+        check_config(compose_cfg(f"ckpt_path={path}"))
+
+
+CLI_BAD = [["model.glimpse_size=20"], ["task=test"], ["data.batch_size=0"]]
+if not torch.cuda.is_available():
+    CLI_BAD.append(["strategy=ddp"])
+
+
+@pytest.mark.parametrize("overrides", CLI_BAD, ids=[" ".join(o) for o in CLI_BAD])
+def test_cli_config_error_is_one_line_and_exit_2(tmp_path, overrides):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "run.py", f"paths.output_root={tmp_path / 'out'}",
+                           f"paths.data_dir={tmp_path / 'data'}", *overrides],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "data").exists()
