@@ -52,11 +52,13 @@ def synthetic_video(cfg: DictConfig, seed: int) -> torch.Tensor:
 
 
 def load_weights(model: torch.nn.Module, path: str) -> None:
-    """Copy a Lightning checkpoint's ``model.*`` weights into ``model``."""
+    """Copy a Lightning checkpoint's model weights into ``model`` (built from the bench config)."""
+    from scalor.inference import model_weights
+
     if not Path(path).is_file():
         raise ScalorError(f"bench.ckpt_path={path} does not exist: give the path of a .ckpt file.")
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    model.load_state_dict(model_weights(state))
 
 
 def run_bench(cfg: DictConfig) -> dict:

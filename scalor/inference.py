@@ -256,6 +256,13 @@ def _plain(value: Any, where: str) -> Any:
     return value
 
 
+def model_weights(state_dict: Mapping) -> dict:
+    """The SCALOR weights of a SCALORLitModule state dict: ``model.*`` keys, prefix (and torch.compile's
+    ``_orig_mod.``) removed."""
+    return {key[len("model."):].removeprefix("_orig_mod."): value
+            for key, value in state_dict.items() if key.startswith("model.")}
+
+
 def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SCALOR:
     """Rebuild SCALOR from a Lightning checkpoint: ``hyper_parameters['model']`` (SCALOR kwargs, ``_target_``
     allowed) and the ``model.``-prefixed weights of ``state_dict``. Returns the model in eval mode.
@@ -291,11 +298,7 @@ def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = 
     state = ckpt.get("state_dict")
     if not isinstance(state, Mapping):
         raise ScalorError(f"checkpoint {path} has no state_dict; pass a checkpoint written by task=fit.")
-    weights = {}
-    for key, value in state.items():
-        if key.startswith("model."):
-            key = key[len("model."):]
-            weights[key.removeprefix("_orig_mod.")] = value  # torch.compile'd models
+    weights = model_weights(state)
     if not weights:
         raise ScalorError(f"checkpoint {path} has no model weights (no state_dict key starts with 'model.').")
     model = SCALOR(**kwargs)  # ConfigError for impossible settings
