@@ -1,9 +1,12 @@
 """The one entry point: `python run.py [group=option ...] [key=value ...]` (README "Command line").
 
 A thin shell around scalor.tasks.run: user errors (ScalorError) print one line `error: <message>` on stderr,
-without a traceback, and exit with code 2.
+without a traceback, and exit with code 2. In a multirun such a job prints `error: job <n>: <message>` and the
+other jobs go on; when the jobs ran in this process the sweep ends with a line naming the failed jobs and exit
+code 1 (an Optuna search records them as failed trials and exits 0).
 """
 
+import math
 import os
 import sys
 
@@ -16,22 +19,47 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from scalor.errors import ScalorError  # noqa: E402
+from scalor.errors import ScalorError  # noqa: E402  (importing scalor registers the ${scalor.*} resolvers)
+
+# Multirun jobs run in this process (the default launcher): how many, which failed, and whether Optuna drives them.
+JOBS: dict = {"run": 0, "failed": [], "optuna": False}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from scalor.tasks import run
 
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        try:
+            return run(cfg)
+        except ScalorError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    JOBS["run"] += 1
+    JOBS["optuna"] = "optuna" in str(hc.sweeper.get("_target_", ""))
     try:
-        return run(cfg)
-    except ScalorError as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the other jobs go on; a sweeper sees a failed trial
-            print(f"error: job {HydraConfig.get().job.num}: {err}", file=sys.stderr, flush=True)
-            return float("nan")
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        value = run(cfg)
+    except ScalorError as err:  # the other jobs go on
+        print(f"error: job {hc.job.num}: {err}", file=sys.stderr, flush=True)
+        JOBS["failed"].append(hc.job.num)
+        return None  # Optuna records a failed trial (it would stop the whole search on NaN)
+    if JOBS["optuna"] and (value is None or (isinstance(value, float) and math.isnan(value))):
+        print(f"error: job {hc.job.num}: there is no finite {cfg.monitor.metric} to optimise ({value}), so the trial "
+              "failed; make sure it validates at least once (e.g. trainer.max_steps of at least one epoch).",
+              file=sys.stderr, flush=True)
+        JOBS["failed"].append(hc.job.num)
+        return None
+    return value
 
 
 if __name__ == "__main__":
     main()
+    if JOBS["failed"]:
+        failed = ", ".join(str(n) for n in JOBS["failed"])
+        rest = "; the others finished" if len(JOBS["failed"]) < JOBS["run"] else ""
+        print(f"error: {len(JOBS['failed'])} of {JOBS['run']} jobs failed (job {failed}: see the lines above){rest}.",
+              file=sys.stderr, flush=True)
+        if not JOBS["optuna"]:
+            sys.exit(1)

@@ -1,4 +1,5 @@
-"""`python run.py` as a user runs it: exact resume after SIGKILL, DDP on 2 CPU processes, multirun + wandb."""
+"""`python run.py` as a user runs it: exact resume after SIGKILL, and the default command end to end.
+(DDP, multirun, Optuna and the launchers: tests/test_sweeps.py.)"""
 
 from __future__ import annotations
 
@@ -91,38 +92,6 @@ def test_stop_mid_epoch_then_resume_equals_uninterrupted_run(compose_cfg):
     run(rest)
     assert_same_training_state(load(Path(full.paths.ckpt_dir) / "last.ckpt"),
                                load(Path(rest.paths.ckpt_dir) / "last.ckpt"))
-
-
-def test_ddp_cpu_two_processes(tmp_path, data_dir):
-    proc = subprocess.run(cli(tmp_path, data_dir, "strategy=ddp_cpu", "trainer.max_steps=4",
-                              "test_after_fit=true"), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("task=fit finished") == 1  # rank zero prints the summary
-    assert "world_size: 2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
-    state = load(newest_run(tmp_path) / "checkpoints" / "last.ckpt")
-    assert state["global_step"] == 4  # 8 sequences over 2 ranks of batch 2: 2 steps per epoch
-
-
-def test_multirun_jobs_have_their_own_folder_and_wandb_run(tmp_path, data_dir):
-    proc = subprocess.run(cli(tmp_path, data_dir, "seed=1,2", "logger=wandb", "trainer.max_steps=1",
-                              "test_after_fit=false", flags=("-m",)), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sweeps = list((tmp_path / "outputs" / "quick").glob("multirun_*"))
-    assert len(sweeps) == 1
-    for job in ("0", "1"):
-        assert (sweeps[0] / job / "checkpoints" / "last.ckpt").is_file()
-        assert len(list((sweeps[0] / job / "wandb").glob("offline-run-*"))) == 1
-
-
-def test_optuna_search_optimises_what_run_returns(tmp_path, data_dir):
-    proc = subprocess.run(cli(tmp_path, data_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                              "hydra.sweeper.sampler.n_startup_trials=1", "trainer.max_steps=4",
-                              flags=("-m",)), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = next((tmp_path / "outputs" / "quick").glob("multirun_*/optimization_results.yaml")).read_text()
-    assert "best_params" in result and "optimizer.lr" in result and "best_value" in result
 
 
 @pytest.mark.slow

@@ -1,0 +1,126 @@
+"""How runs are launched: the config resolvers of the sweep and cluster configs, and DDP worker processes.
+
+Resolvers (registered when ``scalor`` is imported, so before Hydra builds a sweeper or launcher):
+
+- ``${scalor.tasks_per_node:${trainer.devices}}``: SLURM tasks per node = devices per node (a number);
+- ``${scalor.gpus_per_node:${trainer.accelerator},${trainer.devices}}``: GPUs per node (0 for the CPU; a third
+  argument ``true`` for submitit's local executor, where ``devices=auto`` means every GPU of this machine);
+- ``${scalor.direction:${monitor.metric},${monitor.mode},${data._target_}}``: ``maximize`` / ``minimize`` for
+  Optuna, the same choice ``run()`` makes (val/mota, max, where the data has ground truth, else val/neg_elbo, min);
+- ``${scalor.wandb_mode:}``: ``WANDB_MODE`` if set, else ``online`` inside a wandb sweep agent, else ``offline``.
+
+DDP: Lightning starts the other local ranks by running the script again with ``sys.argv``. In a multirun that
+would start a whole new sweep in every worker (and under submitit ``sys.argv`` is not even ``run.py``), so
+:func:`ddp_worker_command` builds the worker's command from the job's own overrides instead: the same single job,
+in the job's folder, in run mode.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import ListConfig, OmegaConf
+
+RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
+# Hydra overrides that belong to the sweep (or that the worker command sets itself), not to one job.
+SWEEP_ONLY = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.sweeper", "hydra/sweeper", "hydra.launcher",
+              "hydra/launcher", "hydra.job.name", "hydra.output_subdir")
+
+
+# ======================================================================================= resolvers
+def _count(devices: Any) -> int | None:
+    """trainer.devices as a number of devices per node, or None when it is not one (auto, -1, "0,1" ...)."""
+    if isinstance(devices, (list, tuple, ListConfig)):
+        return len(devices)
+    if isinstance(devices, int) and devices >= 1:
+        return devices
+    text = str(devices).strip()
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    if "," in text and all(part.strip().isdigit() for part in text.split(",") if part.strip()):
+        return len([part for part in text.split(",") if part.strip()])
+    return None
+
+
+def tasks_per_node(devices: Any) -> int:
+    """SLURM tasks per node for ``trainer.devices`` (one task per device; Lightning reads the SLURM env)."""
+    count = _count(devices)
+    if count is None:
+        raise ValueError(f"hydra/launcher=slurm needs trainer.devices as a number of devices per node, not "
+                         f"{devices!r}: set trainer.devices=4 (for example)")
+    return count
+
+
+def gpus_per_node(accelerator: Any, devices: Any, local: Any = False) -> int:
+    """GPUs per job: ``trainer.devices`` unless the trainer runs on the CPU. ``local`` (submitit's local
+    executor, which hides every GPU it is not asked for): ``devices=auto`` or ``-1`` means all GPUs here."""
+    if str(accelerator) == "cpu":
+        return 0
+    if str(local).lower() == "true" and _count(devices) is None:
+        import torch
+
+        return torch.cuda.device_count()
+    return tasks_per_node(devices)
+
+
+def direction(metric: Any, mode: Any, data_target: Any = None) -> str:
+    """Optuna's direction for the value ``run()`` returns (see scalor.tasks.resolve_monitor)."""
+    mode, metric = str(mode), str(metric)
+    if mode in ("max", "min"):
+        return "maximize" if mode == "max" else "minimize"
+    if metric == "auto":
+        from hydra.utils import get_class
+
+        has_gt = bool(getattr(get_class(str(data_target)), "has_ground_truth", False)) if data_target else False
+        return "maximize" if has_gt else "minimize"
+    from scalor.tasks import HIGHER_IS_BETTER
+
+    return "maximize" if metric.split("/")[-1] in HIGHER_IS_BETTER else "minimize"
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` if set; ``online`` in a run started by a wandb sweep agent; ``offline`` otherwise."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_SWEEP_ID") else "offline"
+
+
+def register_resolvers() -> None:
+    """Register the ``scalor.*`` resolvers (idempotent)."""
+    OmegaConf.register_new_resolver("scalor.tasks_per_node", tasks_per_node, replace=True)
+    OmegaConf.register_new_resolver("scalor.gpus_per_node", gpus_per_node, replace=True)
+    OmegaConf.register_new_resolver("scalor.direction", direction, replace=True)
+    OmegaConf.register_new_resolver("scalor.wandb_mode", wandb_mode, replace=True)
+
+
+# ======================================================================================= DDP workers
+def ddp_worker_command(local_rank: int) -> tuple[list[str], str]:
+    """(command, cwd) that starts local rank ``local_rank`` of the current Hydra job: ``run.py`` with the job's
+    overrides (a multirun job's own values, no sweep), in the job's output folder, in run mode."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    command = [sys.executable, str(RUN_PY)]
+    if hc.job.config_name and hc.job.config_name != "config":
+        command.append(f"--config-name={hc.job.config_name}")
+    for source in hc.runtime.config_sources:  # folders added with --config-dir
+        if source.provider == "command-line" and source.schema == "file":
+            command.append(f"--config-dir={source.path}")
+    hydra_overrides = [o for o in hc.overrides.hydra if not o.lstrip("+~").startswith(SWEEP_ONLY)]
+    command += [*hydra_overrides, *hc.overrides.task]
+    command += [f'hydra.run.dir="{hc.runtime.output_dir}"', f"hydra.job.name=train_ddp_process_{local_rank}",
+                "hydra.output_subdir=null", "hydra.mode=RUN"]
+    return command, str(hc.runtime.cwd)
+
+
+def use_job_command_for_ddp_workers() -> None:
+    """Make Lightning's subprocess launcher start DDP workers with :func:`ddp_worker_command` (idempotent)."""
+    from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
+    from lightning.pytorch.strategies.launchers import subprocess_script as pytorch_launcher
+
+    for module in (fabric_launcher, pytorch_launcher):
+        if hasattr(module, "_hydra_subprocess_cmd"):
+            module._hydra_subprocess_cmd = ddp_worker_command
