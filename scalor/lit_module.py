@@ -35,7 +35,8 @@ class SCALORLitModule(L.LightningModule):
     checkpoint so that ``load_from_checkpoint`` rebuilds the same network. curriculum: the schedule parameters
     (conf/curriculum). optimizer / scheduler: Hydra ``_partial_`` factories, called with the parameters / the
     optimiser (default: RMSprop, lr 4e-5, no scheduler). seed: with the global step, it reseeds torch's
-    generator before every training step (exact resume, see scalor/resume.py).
+    generator before every training step (exact resume, see scalor/resume.py). train_seq_len: train on random
+    windows of this many frames of each batch (validation and test see whole sequences); None: whole ones.
 
     Loss: the batch mean of the negative ELBO per frame (SCALOR-SPEC §4.8). Logged per step: ``train/*`` loss
     and KL terms, object counts and ``schedule/*``; per epoch: ``val/*`` and ``test/*`` terms and, where the
@@ -45,7 +46,7 @@ class SCALORLitModule(L.LightningModule):
     def __init__(self, model: Mapping, curriculum: Optional[Mapping] = None,
                  optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
                  scheduler: Optional[Callable[..., Any]] = None, scheduler_interval: str = "step",
-                 seed: int = 0) -> None:
+                 seed: int = 0, train_seq_len: Optional[int] = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.model: SCALOR = _build(model, SCALOR)
@@ -54,6 +55,7 @@ class SCALORLitModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.seed = int(seed)
+        self.train_seq_len = None if train_seq_len is None else int(train_seq_len)
         self.mot = torch.nn.ModuleDict({"val": MOTMetrics(), "test": MOTMetrics()})
         self.counting = torch.nn.ModuleDict({"val": CountingMetrics(), "test": CountingMetrics()})
         self._has_gt = {"val": False, "test": False}
@@ -78,7 +80,7 @@ class SCALORLitModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         schedule = self.schedule()
-        out = self.model(batch["video"], schedule)
+        out = self.model(self.training_clip(batch["video"]), schedule)
         loss = out.neg_elbo.mean()
         self._log_terms("train", out, loss, on_step=True, on_epoch=False)
         values = {"tau": schedule.tau, "z_pres_prior": schedule.z_pres_prior, "detach": float(schedule.detach),
@@ -86,6 +88,15 @@ class SCALORLitModule(L.LightningModule):
         self.log_dict({f"schedule/{k}": float(v) for k, v in values.items()}, on_step=True, on_epoch=False,
                       batch_size=out.log_like.shape[0])
         return loss
+
+    def training_clip(self, video: Tensor) -> Tensor:
+        """(B, T, ...) -> (B, L, ...): one random window of L = ``train_seq_len`` frames (the same start for the
+        batch, drawn from the per-step seeded generator, so resuming stays exact); the whole video if unset."""
+        t_len = video.shape[1]
+        if self.train_seq_len is None or self.train_seq_len >= t_len:
+            return video
+        start = int(torch.randint(t_len - self.train_seq_len + 1, ()))
+        return video[:, start:start + self.train_seq_len]
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -8,6 +8,7 @@ impossible settings with a :class:`ConfigError` naming the key and the fix, befo
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,18 +20,22 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from scalor.callbacks import AtomicCheckpointIO
 from scalor.errors import ConfigError, ScalorError
+from scalor.launch import use_job_command_for_ddp_workers
 from scalor.lit_module import SCALORLitModule
 from scalor.model import SCALOR
 from scalor.resume import resumable_train_loader
+from scalor.summary import write_summary
 
 TASKS = ("fit", "test", "track", "generate")
+# Set by Lightning's DDP launcher in the process that starts the workers (restored after each job).
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 # Model keys that only change how a trained network is run, not its weights.
 RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic")
 # Where each model key is set from (for error messages).
@@ -46,10 +51,12 @@ def run(cfg: DictConfig) -> Optional[float]:
     task = cfg.get("task")
     if task not in TASKS:
         raise ConfigError(f"task={task} is unknown; use task=fit, task=test, task=track or task=generate.")
+    env = {key: os.environ.get(key) for key in DDP_ENV}
     try:
         return {"fit": fit, "test": test, "track": track, "generate": generate}[task](cfg)
     finally:
         finish_wandb()
+        finish_distributed(env)
 
 
 def fit(cfg: DictConfig) -> Optional[float]:
@@ -68,13 +75,17 @@ def fit(cfg: DictConfig) -> Optional[float]:
 
     best = _best_checkpoint(trainer)
     value = _metric_value(trainer, monitor, best)
+    log_objective(trainer, monitor, value)
     test_metrics: dict[str, float] = {}
     if cfg.test_after_fit:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         draw_test_media(trainer, module, datamodule)
     if trainer.is_global_zero:
-        print_summary(cfg, trainer, "fit", time.monotonic() - start, {f"{monitor} (best)": value, **test_metrics})
+        seconds = time.monotonic() - start
+        metrics = {f"{monitor} (best)": value, **test_metrics}
+        write_summary(cfg, "fit", seconds, trainer.global_step, metrics, best or None)
+        print_summary(cfg, trainer, "fit", seconds, metrics)
     return value
 
 
@@ -92,7 +103,9 @@ def test(cfg: DictConfig) -> Optional[float]:
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     draw_test_media(trainer, module, datamodule)
     if trainer.is_global_zero:
-        print_summary(cfg, trainer, "test", time.monotonic() - start, {"checkpoint": str(ckpt_path), **metrics})
+        seconds = time.monotonic() - start
+        write_summary(cfg, "test", seconds, module._ckpt_step, metrics, str(ckpt_path))
+        print_summary(cfg, trainer, "test", seconds, {"checkpoint": str(ckpt_path), **metrics})
     return metrics.get(monitor.replace("val/", "test/", 1))
 
 
@@ -162,6 +175,9 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     if task == "track" and not data.get("path"):
         raise ConfigError("task=track streams a video: pass data=video data.path=/path/to/clip.mp4 (or a folder "
                           "of frames).")
+    clip = resolved.get("train_seq_len")
+    if clip is not None and not (isinstance(clip, int) and clip >= 1):
+        raise ConfigError(f"train_seq_len={clip} must be a number of frames >= 1 (or null: whole sequences).")
     _check_trainer(resolved["trainer"])
     _check_monitor(resolved.get("monitor") or {})
     lr = (resolved.get("optimizer") or {}).get("lr")
@@ -252,7 +268,7 @@ def resolve_monitor(cfg: DictConfig, datamodule: Any) -> str:
     if not has_gt and metric.split("/")[-1] in ("mota", "motp", "idf1", "idp", "idr", "count_acc", "count_mae"):
         raise ConfigError(f"monitor.metric={metric} needs ground truth but data={cfg.data._target_.split('.')[-1]} "
                           "has none; use monitor.metric=val/neg_elbo monitor.mode=min "
-                          "(and hydra.sweeper.direction=minimize in a sweep).")
+                          "(an Optuna search then minimises it).")
     mode = cfg.monitor.mode
     if mode == "auto":
         mode = "max" if metric.split("/")[-1] in HIGHER_IS_BETTER else "min"
@@ -340,17 +356,20 @@ def build_module(cfg: DictConfig) -> SCALORLitModule:
         model=OmegaConf.to_container(cfg.model, resolve=True),
         curriculum=OmegaConf.to_container(cfg.curriculum, resolve=True),
         optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
-        scheduler_interval=cfg.scheduler_interval, seed=cfg.seed,
+        scheduler_interval=cfg.scheduler_interval, seed=cfg.seed, train_seq_len=cfg.get("train_seq_len"),
     )
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The Trainer of ``cfg.trainer`` (strategy merged in) with the callbacks, loggers and atomic checkpoints."""
+    use_job_command_for_ddp_workers()  # DDP workers rerun this job, not the whole sweep (scalor/launch.py)
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()
                  if node is not None and "_target_" in node]
     loggers = build_loggers(cfg)
     if not loggers:  # nothing to send learning rates to (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins over the callback
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     try:
         return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                            plugins=[AtomicCheckpointIO()],
@@ -391,11 +410,35 @@ def log_config(trainer: L.Trainer, cfg: DictConfig) -> None:
         logger.log_hyperparams(params)
 
 
+@rank_zero_only
+def log_objective(trainer: L.Trainer, monitor: str, value: Optional[float]) -> None:
+    """Put what ``run`` returns (the best validation value of ``monitor``) into the wandb run's summary as
+    ``best/<monitor>``: the metric a wandb sweep optimises (sweeps/wandb_search.yaml)."""
+    if value is None:
+        return
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.summary[f"best/{monitor}"] = value
+
+
 def finish_wandb() -> None:
     """Close the wandb run of this process, if any, so the next run (multirun job) starts its own."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
+
+
+def finish_distributed(env: dict[str, Optional[str]]) -> None:
+    """Leave this job's DDP process group (its workers have exited) and restore the variables Lightning's
+    launcher set (``env``: their values before the job, None = unset), so that the next job of a multirun in
+    this process starts its own workers and process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 # ======================================================================================= media and summary

@@ -33,8 +33,10 @@ def test_default_is_the_quick_experiment_with_the_reference_optimiser_defaults(c
     assert OmegaConf.select(cfg, "logger.wandb._target_").endswith("WandbLogger")
     opt = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(opt, torch.optim.RMSprop)
-    plain = compose_cfg("experiment=dsprites_easy", tiny=False)
+    plain = compose_cfg("experiment=dsprites_crowded", tiny=False)
     assert plain.optimizer.lr == 4e-5 and plain.scheduler is None
+    tuned = compose_cfg("experiment=dsprites_easy", tiny=False)  # tuned for 60 CPU minutes (docs/results.md)
+    assert tuned.optimizer._target_ == "torch.optim.Adam" and tuned.train_seq_len == 5
 
 
 @pytest.mark.parametrize("grid", ["4x4", "8x8", "16x16"])
@@ -62,7 +64,7 @@ def test_search_and_launcher_configs_compose(compose_cfg):
         cfg = compose("config", overrides=["hparams_search=optuna", "hydra/launcher=slurm", "trainer.devices=4",
                                            "hydra.launcher.partition=gpu"], return_hydra_config=True)
         assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
-        assert cfg.monitor.metric == "val/mota" and cfg.monitor.mode == "max"
+        assert cfg.monitor.metric == "auto" and cfg.monitor.mode == "auto"  # val/mota (max) on dSprites
         assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "model.sigma", "model.size_anc",
                                                  "model.explained_ratio_threshold"}
         assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
@@ -142,6 +144,8 @@ BAD = [
     (["trainer.strategy=warp_drive"], "trainer.strategy=warp_drive is unknown"),
     (["strategy=ddp_cpu", "trainer.devices=1"], "strategy=ddp_cpu with trainer.devices=1"),
     (["data.batch_size=0"], "data.batch_size=0"),
+    (["train_seq_len=0"], "train_seq_len=0 must be a number of frames"),
+    (["model.box_source=corners"], "model.box_source=corners is unknown"),
 ]
 if not torch.cuda.is_available():
     BAD += [(["strategy=ddp"], "strategy=ddp needs CUDA GPUs"), (["trainer=gpu"], "trainer=cpu")]

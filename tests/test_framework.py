@@ -189,6 +189,25 @@ def test_module_schedule_and_optimisers(compose_cfg):
     assert config["lr_scheduler"]["interval"] == "step"
 
 
+def test_training_clips_are_random_windows_of_the_batch(compose_cfg):
+    module = build_module(compose_cfg("train_seq_len=3"))
+    video = torch.arange(8.0).view(1, 8, 1, 1, 1).expand(2, 8, 3, 4, 4)
+    starts = set()
+    for step in range(20):
+        torch.manual_seed(step)
+        clip = module.training_clip(video)
+        assert clip.shape == (2, 3, 3, 4, 4)
+        first = int(clip[0, 0, 0, 0, 0])
+        assert clip[:, :, 0, 0, 0].tolist() == [[first, first + 1, first + 2]] * 2  # consecutive, whole batch
+        starts.add(first)
+    assert starts == set(range(6))  # every window occurs
+    torch.manual_seed(5)
+    again = module.training_clip(video)
+    torch.manual_seed(5)
+    assert torch.equal(again, module.training_clip(video))  # the per-step seed decides: resume stays exact
+    assert build_module(compose_cfg()).training_clip(video) is video  # unset: whole sequences
+
+
 def test_wandb_offline_run_is_finished(compose_cfg, tmp_path):
     wandb = pytest.importorskip("wandb")
     cfg = compose_cfg("logger=wandb", "trainer.max_steps=1", "test_after_fit=false")

@@ -10,8 +10,8 @@ from scalor.model import SCALOR, Schedule
 from scalor.model.discovery import Discovery
 from scalor.model.distributions import kl_bernoulli, kl_normal
 from scalor.model.encoders import GlimpseDecoder, GlimpseEncoder
-from scalor.model.render import (BoxCoder, extract, gather_windows, render_full, render_windows, scatter_windows,
-                                 window_size)
+from scalor.model.render import (BoxCoder, extract, gather_windows, mask_boxes, render_full, render_windows,
+                                 scatter_windows, window_size)
 from scalor.model.state import ObjectState
 
 torch.set_num_threads(1)
@@ -193,7 +193,7 @@ def test_batched_compaction_equals_per_element_loop():
         alpha = m._canvases(prop.windows, prop.z_pres, prop.z_depth).alpha.clamp(0, 1)
         disc = m.discovery(feats[:, 0], video[:, 1], alpha, state.mask.sum(1), 0.1, 0.5, True,
                            m.glimpse_encoder, m.glimpse_decoder, False)
-        new, count, next_id, _ = m._compact(state, prop, disc, out1.carry.next_id, True)
+        new, count, next_id, _, _ = m._compact(state, prop, disc, out1.carry.next_id, True)
     for b in range(3):
         rows = []
         for i in range(state.num_slots):
@@ -349,3 +349,54 @@ def test_cap_keeps_tied_saturated_cells_up_to_the_budget():
     with torch.no_grad():
         out = m(torch.rand(1, 2, 3, 64, 64), Schedule(tau=0.5))
     assert out.counts[0, 0] == 5
+
+
+def test_mask_boxes_are_the_tight_boxes_of_the_drawn_alpha():
+    """A box drawn from the full-canvas oracle's alpha equals mask_boxes of the windowed render."""
+    torch.manual_seed(0)
+    coder = BoxCoder()
+    b, m, s, hw = 2, 6, 16, (64, 64)
+    raw = torch.randn(b, m, 2)
+    sx, sy = coder.scale(raw[..., 0], raw[..., 1])
+    centre = torch.rand(b, m, 2) * 2.2 - 1.1  # some cross the border, are clipped
+    boxes = torch.cat([sx[..., None], sy[..., None], centre], -1)
+    glimpses = torch.zeros(b, m, 4, s, s)
+    glimpses[..., 4:11, 3:9] = 1.0  # alpha (and colour) on a sub-rectangle of each glimpse
+    glimpses[1, 2] = 0.0  # draws nothing
+    win = render_windows(glimpses, boxes, window_size(*coder.max_scale, s, hw), hw)
+    got, drawn = mask_boxes(win, hw)
+    alpha = render_full(glimpses, boxes, hw)[:, :, 3] > 0.5  # (B, M, H, W)
+    for i in range(b):
+        for j in range(m):
+            ys, xs = alpha[i, j].nonzero(as_tuple=True)
+            assert bool(drawn[i, j]) == (len(ys) > 0)
+            if len(ys):
+                want = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / 64
+                torch.testing.assert_close(got[i, j], want.float(), atol=1e-6, rtol=0)
+            else:
+                assert (got[i, j] == 0).all()
+    assert not drawn[1, 2] and drawn.sum() >= b * m - 2
+
+
+def test_box_sources():
+    """box_source=where reports the glimpse boxes, mask the drawn boxes inside them; the tracks are the same."""
+    torch.manual_seed(0)
+    video = torch.rand(2, 4, 3, 64, 64)
+    outs = {}
+    for source in ("where", "mask"):
+        torch.manual_seed(1)
+        m = tiny(deterministic=True, box_source=source)
+        m.eval()
+        with torch.no_grad():
+            outs[source] = m(video, Schedule(), track_only=True)
+    where, mask = outs["where"], outs["mask"]
+    assert torch.equal(where.ids, mask.ids) and torch.equal(where.counts, mask.counts)
+    drawn = mask.presence > 0
+    assert drawn.any()
+    # Every drawn box lies inside its glimpse box's window (up to the bilinear footprint of one glimpse pixel).
+    slack = 2 / 64
+    inside = ((mask.boxes[..., :2] >= where.boxes[..., :2] - slack) & (mask.boxes[..., 2:] <= where.boxes[..., 2:] + slack))
+    assert inside.all(-1)[drawn].all()
+    assert (mask.presence <= where.presence).all()
+    with pytest.raises(ConfigError, match="model.box_source"):
+        tiny(box_source="corners")

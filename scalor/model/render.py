@@ -184,3 +184,24 @@ class BoxCoder:
         """Largest (sx, sy) any box can have."""
         s = self.size_anc + self.var_s
         return s / math.sqrt(self.ratio_anc - self.var_anc), s * math.sqrt(self.ratio_anc + self.var_anc)
+
+
+def mask_boxes(win: Windows, img_hw: tuple[int, int], threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Tight boxes of each object's rendered alpha: (B, M, 4) normalised (x1, y1, x2, y2) of the image pixels
+    where the window's alpha channel (its last) exceeds ``threshold``, and (B, M) bool, whether there is any.
+
+    Like ground-truth boxes, they are amodal (what the object draws, occluded or not) and clipped to the
+    image. Objects without such a pixel get a zero box.
+    """
+    h, w = img_hw
+    on = (win.data[:, :, -1] > threshold) & win.valid  # (B, M, wh, ww)
+    rows, cols = on.any(-1), on.any(-2)  # (B, M, wh), (B, M, ww)
+    any_on = rows.any(-1)
+    wh, ww = on.shape[-2:]
+    first_r = rows.int().argmax(-1)
+    last_r = wh - 1 - rows.flip(-1).int().argmax(-1)
+    first_c = cols.int().argmax(-1)
+    last_c = ww - 1 - cols.flip(-1).int().argmax(-1)
+    r0, c0 = win.origin[..., 0], win.origin[..., 1]
+    boxes = torch.stack([(c0 + first_c) / w, (r0 + first_r) / h, (c0 + last_c + 1) / w, (r0 + last_r + 1) / h], -1)
+    return torch.where(any_on[..., None], boxes.to(win.data.dtype), torch.zeros_like(boxes, dtype=win.data.dtype)), any_on

@@ -17,7 +17,7 @@ from .discovery import Discovery, DiscoveryStep
 from .distributions import EPS, clamp_st, normal_log_prob
 from .encoders import GlimpseDecoder, GlimpseEncoder, ImageEncoder
 from .propagation import Propagation, PropagationStep
-from .render import (BoxCoder, Windows, boxes_to_xyxy, gather_windows, scatter_windows, scatter_windows_amax,
+from .render import (BoxCoder, Windows, boxes_to_xyxy, gather_windows, mask_boxes, scatter_windows, scatter_windows_amax,
                      window_size)
 from .state import Carry, ObjectState, SequenceOutput
 
@@ -53,14 +53,14 @@ class SCALOR(nn.Module):
                  z_pres_disc_threshold: float = 0.7, gen_disc_pres_probs: float = 0.1, observe_frames: int = 5,
                  nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
                  kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool = True,
-                 skip_glimpse_below: float = 0.0):
+                 skip_glimpse_below: float = 0.0, box_source: str = "mask"):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
                              size_anc=size_anc, var_s=var_s, ratio_anc=ratio_anc, var_anc=var_anc,
                              explained_ratio_threshold=explained_ratio_threshold,
                              z_pres_disc_threshold=z_pres_disc_threshold, gen_disc_pres_probs=gen_disc_pres_probs,
-                             observe_frames=observe_frames, nll_samples=nll_samples)
+                             observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -73,6 +73,7 @@ class SCALOR(nn.Module):
         self.no_background = no_background
         self.checkpoint_decoder = checkpoint_decoder
         self.skip_glimpse_below = skip_glimpse_below
+        self.box_source = box_source
         boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
         self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
 
@@ -92,8 +93,11 @@ class SCALOR(nn.Module):
                         size_anc: float = 0.1, var_s: float = 0.03, ratio_anc: float = 2.5, var_anc: float = 0.5,
                         explained_ratio_threshold: float = 0.3, z_pres_disc_threshold: float = 0.7,
                         gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
-                        **_ignored) -> None:
+                        box_source: str = "mask", **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
+        if box_source not in ("mask", "where"):
+            raise ConfigError(f"model.box_source={box_source} is unknown; use mask (tight boxes of what each object "
+                              "draws) or where (the glimpse boxes z_where).")
         if not (_pow2(img_size) and img_size >= 32):
             raise ConfigError(f"data.img_size={img_size} is not supported: use a power of two >= 32 (e.g. 64 or 128).")
         for key, g in (("num_cell_h", num_cell_h), ("num_cell_w", num_cell_w)):
@@ -184,11 +188,12 @@ class SCALOR(nn.Module):
         return seg
 
     def _compact(self, state: ObjectState, prop: PropagationStep | None, disc: DiscoveryStep, next_id: Tensor,
-                 detach: bool) -> tuple[ObjectState, Tensor, Tensor]:
+                 detach: bool) -> tuple[ObjectState, Tensor, Tensor, int, Tensor]:
         """Keep surviving tracked objects (previous order) then new ones (raster order), by one gather.
 
-        Returns the next state, the kept count (B,), the updated next_id (B,) and the largest kept
-        count. One host sync: the new slot count (SCALOR-SPEC §4.7 step 3).
+        Returns the next state, the kept count (B,), the updated next_id (B,), the largest kept
+        count and the gather order (B, N_new) into [prop slots, disc cells]. One host sync: the new
+        slot count (SCALOR-SPEC §4.7 step 3).
         """
         b, k = disc.z_pres.shape
         keep_disc = disc.z_pres > self.z_pres_disc_threshold
@@ -211,7 +216,7 @@ class SCALOR(nn.Module):
         new = ObjectState(**{key: take(val) for key, val in cand.items()}, mask=take(keep))
         if detach:
             new = new.detach()
-        return new, count, next_id + keep_disc.sum(1), n_kept
+        return new, count, next_id + keep_disc.sum(1), n_kept, order
 
     # ------------------------------------------------------------------ forward
     def forward(self, video: Tensor, schedule: Schedule = Schedule(), carry: Carry | None = None,
@@ -294,11 +299,20 @@ class SCALOR(nn.Module):
                                          else video.new_zeros(b, 1, 4))
                 vis["prop_pres"].append(prop.z_pres.detach() if prop is not None else video.new_zeros(b, 1))
 
-            state, count, next_id, n_alive = self._compact(state, prop, disc, next_id, schedule.detach)
+            state, count, next_id, n_alive, order = self._compact(state, prop, disc, next_id, schedule.detach)
             counts.append(count)
-            boxes.append(boxes_to_xyxy(state.z_where).detach() * state.mask[..., None])
             ids.append(torch.where(state.mask, state.ids, -1))
-            presence.append((state.z_pres[..., 0] * state.mask).detach())
+            pres = (state.z_pres[..., 0] * state.mask).detach()
+            if self.box_source == "mask":  # tight boxes of what each object draws; drawing nothing: no detection
+                groups = ([prop.windows] if prop is not None else []) + [disc.windows]
+                drawn = [mask_boxes(win, self.img_hw) for win in groups]
+                box_all = torch.cat([d[0] for d in drawn], 1)
+                box = box_all.gather(1, order[..., None].expand(-1, -1, 4))
+                pres = pres * torch.cat([d[1] for d in drawn], 1).gather(1, order)
+            else:
+                box = boxes_to_xyxy(state.z_where).detach()
+            boxes.append(box * state.mask[..., None])
+            presence.append(pres)
 
         mean_t = {key: torch.stack(val, 1).mean(1) for key, val in terms.items() if key != "log_imp"}
         out_vis = None

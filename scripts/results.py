@@ -1,0 +1,154 @@
+"""Write docs/results.md (and docs/results/<experiment>/*) from training run folders.
+
+    python scripts/results.py                          # the newest finished fit run of every experiment
+    python scripts/results.py outputs/dsprites_easy/2026-11-22_10-00-00_000000 [...]
+
+A run folder is what `python run.py task=fit ...` leaves: summary.json (command, hardware, wall time, steps,
+test metrics), csv/version_*/metrics.csv (the CSV logger's history) and media/test_tracking.{mp4,png}.
+Per experiment the page gets a table row, loss and validation curves (PNG) and the tracking video and panel
+of the first test sequence. Nothing is typed in: rerun the commands, then this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scalor.summary import SUMMARY_FILE, read_summary  # noqa: E402
+
+COLUMNS = [("MOTA", "test/mota"), ("MOTP", "test/motp"), ("IDF1", "test/idf1"), ("ID sw.", "test/id_switches"),
+           ("count acc.", "test/count_acc"), ("NLL (nats/seq)", "test/nll"), ("neg. ELBO", "test/neg_elbo")]
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def newest_runs(output_root: Path) -> list[Path]:
+    """The newest run folder with a finished task=fit summary, per experiment folder under output_root."""
+    runs = []
+    for exp in sorted(p for p in output_root.iterdir() if p.is_dir()):
+        done = [s.parent for s in exp.glob(f"*/{SUMMARY_FILE}") if read_summary(s.parent)["task"] == "fit"]
+        if done:
+            runs.append(max(done, key=lambda p: read_summary(p)["finished"]))
+    return runs
+
+
+def history(run_dir: Path) -> list[dict]:
+    """Rows of the CSV logger's metrics.csv (all versions of a resumed run, in order)."""
+    rows: list[dict] = []
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
+        with path.open() as f:
+            rows.extend(csv.DictReader(f))
+    return rows
+
+
+def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for row in rows:
+        if row.get(key) not in (None, "") and row.get("step") not in (None, ""):
+            xs.append(int(float(row["step"])))
+            ys.append(float(row[key]))
+    return xs, ys
+
+
+def plot_curves(rows: list[dict], path: Path, title: str) -> bool:
+    """Training loss (negative ELBO), the tracked count against the ground truth, and validation MOTA and
+    count accuracy, against optimiser steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = series(rows, "train/neg_elbo")
+    if not loss[0]:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    axes[0].plot(*loss, lw=0.8, label="train")
+    val = series(rows, "val/neg_elbo")
+    if val[0]:
+        axes[0].plot(*val, "o-", ms=3, label="validation")
+    axes[0].set_xlabel("optimiser step")
+    axes[0].set_ylabel("negative ELBO (nats / frame)")
+    axes[0].legend()
+    for key, label in (("val/mota", "val MOTA"), ("val/count_acc", "val count accuracy"), ("val/idf1", "val IDF1")):
+        xs, ys = series(rows, key)
+        if xs:
+            axes[1].plot(xs, ys, "o-", ms=3, label=label)
+    axes[1].set_xlabel("optimiser step")
+    axes[1].set_ylim(min(0.0, *(series(rows, "val/mota")[1] or [0.0])), 1.0)
+    axes[1].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float) and abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes >= 10 else f"{minutes:.1f} min"
+
+
+def section(run_dir: Path, docs: Path) -> str:
+    summary = read_summary(run_dir)
+    name = summary["name"]
+    metrics = summary["metrics"]
+    out = docs / "results" / name
+    lines = [f"### {name}", "", f"`{summary['command']}`", "",
+             f"Run folder `{run_dir.name}`; {summary['hardware']}; {duration(summary['wall_seconds'])} wall "
+             f"(training, validation and the test), {summary['steps']} optimiser steps.", "",
+             "| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
+             "| " + " | ".join(fmt(metrics.get(k)) for _, k in COLUMNS) + " |", ""]
+    if plot_curves(history(run_dir), out / "curves.png", name):
+        lines += [f"![{name} curves](results/{name}/curves.png)", ""]
+    for ext in ("png", "mp4"):
+        src = run_dir / "media" / f"test_tracking.{ext}"
+        if src.is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, out / f"tracking.{ext}")
+    if (out / "tracking.png").is_file():
+        lines += [f"![{name} tracking](results/{name}/tracking.png)", ""]
+    if (out / "tracking.mp4").is_file():
+        lines += [f"Tracking video of the first test sequence: [results/{name}/tracking.mp4](results/{name}/tracking.mp4)",
+                  ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders (default: newest fit run per experiment)")
+    parser.add_argument("--outputs", type=Path, default=ROOT / "outputs", help="output root to search")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md goes")
+    args = parser.parse_args()
+    runs = args.runs or newest_runs(args.outputs)
+    missing = [r for r in runs if not (r / SUMMARY_FILE).is_file()]
+    if missing:
+        parser.error(f"{missing[0]} has no {SUMMARY_FILE}: pass the folder of a finished `python run.py` run")
+    if not runs:
+        parser.error(f"no finished runs under {args.outputs}: train first, e.g. python run.py experiment=dsprites_easy")
+    body = "\n".join(section(r, args.docs) for r in runs)
+    page = args.docs / "results.md"
+    text = page.read_text() if page.is_file() else f"# Results\n\n{START}\n{END}\n"
+    if START not in text or END not in text:
+        parser.error(f"{page} lacks the {START} ... {END} markers the table goes between")
+    head, rest = text.split(START, 1)
+    page.write_text(f"{head}{START}\n{body}\n{END}{rest.split(END, 1)[1]}")
+    print(f"wrote {page} ({len(runs)} runs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""It learns: a few minutes of `python run.py experiment=dsprites_easy` on the CPU improve the ELBO by a stated
+margin and track at least one test object with one persistent ID over a whole test sequence."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+from scalor.inference import inference_schedule, load_model
+from scalor.metrics.tracking import box_iou_np
+from scalor.summary import read_summary
+
+MINUTES = 4
+# Negative ELBO in nats per frame; an untrained model sits near -3e3 on this data, a perfect reconstruction at
+# sigma 0.1 would reach about -1.7e4. The mean of the last three logged values (every 5 steps) must be this much
+# lower than the mean of the first two.
+ELBO_MARGIN = 4000.0
+OVERRIDES = [f"trainer.max_time=00:00:{MINUTES:02d}:00", "data.num_val=16", "data.num_test=16",
+             "trainer.val_check_interval=100", "trainer.log_every_n_steps=5", "logger=csv",
+             "trainer.enable_progress_bar=false", "data.num_workers=0"]
+
+
+def persistent_tracks(pred_boxes, pred_ids, gt_boxes, gt_ids, min_iou: float = 0.5) -> int:
+    """Number of (sequence, predicted ID) pairs whose box matches one and the same ground-truth object with
+    IoU >= min_iou in every frame of the sequence (B, T, N, 4), (B, T, N), (B, T, M, 4), (B, T, M)."""
+    found = 0
+    for b in range(pred_ids.shape[0]):
+        ids = {int(i) for i in pred_ids[b, 0] if i >= 0}
+        for pid in ids:
+            target = None
+            for t in range(pred_ids.shape[1]):
+                slot = np.flatnonzero(pred_ids[b, t] == pid)
+                if len(slot) == 0:
+                    break
+                iou = box_iou_np(gt_boxes[b, t][None], pred_boxes[b, t, slot][None])[0, :, 0]
+                iou[gt_ids[b, t] < 0] = 0
+                best = int(np.argmax(iou))
+                if iou[best] < min_iou or (target is not None and gt_ids[b, t, best] != target):
+                    break
+                target = gt_ids[b, t, best]
+            else:
+                found += 1
+    return found
+
+
+def test_persistent_tracks_counts_only_whole_sequences():
+    gt = np.array([[[[0.1, 0.1, 0.3, 0.3]], [[0.12, 0.1, 0.32, 0.3]]]])  # (1, 2, 1, 4)
+    gt_ids = np.array([[[7], [7]]])
+    pred = np.concatenate([gt, gt + 0.5], 2)
+    assert persistent_tracks(pred, np.array([[[1, 2], [1, 2]]]), gt, gt_ids) == 1
+    assert persistent_tracks(pred, np.array([[[1, 2], [3, 2]]]), gt, gt_ids) == 0  # ID switch
+    assert persistent_tracks(pred + 0.3, np.array([[[1, 2], [1, 2]]]), gt, gt_ids) == 0  # no overlap
+
+
+@pytest.mark.slow
+def test_easy_experiment_learns_to_track(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env.update(WANDB_MODE="offline", HYDRA_FULL_ERROR="0")
+    proc = subprocess.run([sys.executable, "run.py", "experiment=dsprites_easy", *OVERRIDES,
+                           f"paths.output_root={tmp_path / 'outputs'}", f"paths.data_dir={tmp_path / 'data'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=MINUTES * 60 + 900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = next((tmp_path / "outputs" / "dsprites_easy").iterdir())
+    summary = read_summary(run_dir)
+    assert summary["task"] == "fit" and summary["steps"] > 50, summary
+
+    with next(run_dir.glob("csv/version_*/metrics.csv")).open() as f:
+        loss = [float(r["train/neg_elbo"]) for r in csv.DictReader(f) if r.get("train/neg_elbo")]
+    first, last = np.mean(loss[:2]), np.mean(loss[-3:])
+    assert first - last >= ELBO_MARGIN, (first, last, len(loss))
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # the run's own data and curriculum
+    model = load_model(run_dir / "checkpoints" / "last.ckpt")
+    model.deterministic = True
+    schedule = inference_schedule(instantiate(cfg.curriculum))
+    data = instantiate(cfg.data)
+    data.setup("test")
+    found = 0
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            out = model(batch["video"], schedule, track_only=True)
+            ids = torch.where(out.presence > 0.5, out.ids, -1)
+            found += persistent_tracks(out.boxes.numpy(), ids.numpy(), batch["boxes"].numpy(), batch["ids"].numpy())
+    assert found >= 1, "no test object was tracked with one ID over its whole sequence"
