@@ -93,9 +93,53 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> bool:
 def fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    if isinstance(value, float) and abs(value) >= 100:
+    if isinstance(value, float) and (abs(value) >= 100 or (value.is_integer() and abs(value) >= 1)):
         return f"{value:.0f}"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def tracking_video(run_dir: Path) -> Path | None:
+    """The first test sequence's tracking video the run drew last (visualisation callback or task=test)."""
+    found = sorted(run_dir.glob("media/step_*/test_tracking_0.*"), key=lambda p: int(p.parent.name.split("_")[1]))
+    found += sorted(run_dir.glob("media/test_tracking.*"))
+    videos = [p for p in found if p.suffix in (".mp4", ".webm", ".avi")]
+    return videos[-1] if videos else None
+
+
+def video_strip(video: Path, path: Path, frames: int = 10) -> bool:
+    """Write the first ``frames`` frames of a video as one PNG, five to a row."""
+    import cv2
+    import numpy as np
+
+    cap = cv2.VideoCapture(str(video))
+    images = []
+    while len(images) < frames:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        images.append(frame)
+    cap.release()
+    if not images:
+        return False
+    per_row = 5
+    images += [np.zeros_like(images[0])] * (-len(images) % per_row)
+    rows = [np.concatenate(images[i:i + per_row], 1) for i in range(0, len(images), per_row)]
+    return bool(cv2.imwrite(str(path), np.concatenate(rows, 0)))
+
+
+def nll_from_tests(run_dir: Path, checkpoint: str | None) -> float | None:
+    """test/nll of the newest task=test run of the same experiment that evaluated this run's checkpoint."""
+    if not checkpoint:
+        return None
+    best = None
+    for path in run_dir.parent.glob(f"*/{SUMMARY_FILE}"):
+        summary = read_summary(path.parent)
+        if (summary["task"] == "test" and summary.get("checkpoint")
+                and Path(summary["checkpoint"]).resolve() == Path(checkpoint).resolve()
+                and summary["metrics"].get("test/nll") is not None):
+            if best is None or summary["finished"] > best["finished"]:
+                best = summary
+    return None if best is None else best["metrics"]["test/nll"]
 
 
 def duration(seconds: float) -> str:
@@ -106,25 +150,26 @@ def duration(seconds: float) -> str:
 def section(run_dir: Path, docs: Path) -> str:
     summary = read_summary(run_dir)
     name = summary["name"]
-    metrics = summary["metrics"]
+    metrics = dict(summary["metrics"])
+    if metrics.get("test/nll") is None:
+        metrics["test/nll"] = nll_from_tests(run_dir, summary.get("checkpoint"))
     out = docs / "results" / name
+    out.mkdir(parents=True, exist_ok=True)
     lines = [f"### {name}", "", f"`{summary['command']}`", "",
-             f"Run folder `{run_dir.name}`; {summary['hardware']}; {duration(summary['wall_seconds'])} wall "
-             f"(training, validation and the test), {summary['steps']} optimiser steps.", "",
+             f"Run folder `{run_dir.name}`; {summary['hardware']}; {duration(summary['wall_seconds'])} from start "
+             f"to end of the command (data generation, training, validation, test); {summary['steps']} optimiser "
+             "steps.", "",
              "| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
              "| " + " | ".join(fmt(metrics.get(k)) for _, k in COLUMNS) + " |", ""]
     if plot_curves(history(run_dir), out / "curves.png", name):
         lines += [f"![{name} curves](results/{name}/curves.png)", ""]
-    for ext in ("png", "mp4"):
-        src = run_dir / "media" / f"test_tracking.{ext}"
-        if src.is_file():
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, out / f"tracking.{ext}")
-    if (out / "tracking.png").is_file():
-        lines += [f"![{name} tracking](results/{name}/tracking.png)", ""]
-    if (out / "tracking.mp4").is_file():
-        lines += [f"Tracking video of the first test sequence: [results/{name}/tracking.mp4](results/{name}/tracking.mp4)",
-                  ""]
+    video = tracking_video(run_dir)
+    if video is not None:
+        shutil.copyfile(video, out / f"tracking{video.suffix}")
+        if video_strip(video, out / "tracking.png"):
+            lines += [f"![{name} tracking](results/{name}/tracking.png)", ""]
+        lines += [f"The first test sequence, tracked (left: input with boxes and IDs): "
+                  f"[results/{name}/tracking{video.suffix}](results/{name}/tracking{video.suffix})", ""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,76 @@
+"""summary.json (scalor.summary) and the results page (scripts/results.py) from run folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+from scalor.summary import read_summary, write_summary
+
+
+def fake_run(root: Path, name: str, folder: str, task: str = "fit", metrics: dict | None = None,
+             checkpoint: str | None = None, finished: str = "2026-01-01 00:00:00") -> Path:
+    run = root / name / folder
+    cfg = OmegaConf.create({"name": name, "paths": {"output_dir": str(run)}})
+    write_summary(cfg, task, 125.0, 40, metrics or {}, checkpoint)
+    data = json.loads((run / "summary.json").read_text())
+    data["finished"] = finished
+    (run / "summary.json").write_text(json.dumps(data))
+    return run
+
+
+def test_summary_is_written_atomically_with_finite_metrics(tmp_path):
+    cfg = OmegaConf.create({"name": "x", "paths": {"output_dir": str(tmp_path / "run")}})
+    path = write_summary(cfg, "fit", 12.34, 7, {"test/mota": 0.5, "test/motp": float("nan"), "note": "text"}, None)
+    summary = read_summary(path.parent)
+    assert summary["steps"] == 7 and summary["wall_seconds"] == 12.3 and summary["task"] == "fit"
+    assert summary["metrics"] == {"test/mota": 0.5, "test/motp": None}  # NaN -> null, text dropped
+    assert summary["command"].startswith("python")
+    assert "CPU cores" in summary["hardware"] or "x " in summary["hardware"]  # CPU, or "1x <GPU name>"
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_results_page_from_run_folders(tmp_path):
+    outputs = tmp_path / "outputs"
+    ckpt = str(outputs / "easy" / "b" / "checkpoints" / "best.ckpt")
+    fake_run(outputs, "easy", "a", metrics={"test/mota": 0.1}, finished="2026-01-01 00:00:00")
+    run = fake_run(outputs, "easy", "b", checkpoint=ckpt, finished="2026-01-02 00:00:00",
+                   metrics={"test/mota": 0.5, "test/motp": 0.8, "test/idf1": 0.7, "test/id_switches": 3.0,
+                            "test/count_acc": 0.6, "test/neg_elbo": -15000.0})
+    fake_run(outputs, "easy", "c", task="test", checkpoint=ckpt, metrics={"test/nll": 1234.5})
+    (run / "csv" / "version_0").mkdir(parents=True)
+    (run / "csv" / "version_0" / "metrics.csv").write_text(
+        "step,train/neg_elbo,val/neg_elbo,val/mota\n0,-100,,\n5,-200,,\n5,,-210,0.3\n")
+    (run / "media" / "step_5").mkdir(parents=True)
+    writer = cv2.VideoWriter(str(run / "media" / "step_5" / "test_tracking_0.avi"), cv2.VideoWriter_fourcc(*"MJPG"),
+                             5, (32, 16))
+    for t in range(3):
+        writer.write(np.full((16, 32, 3), 40 * t, np.uint8))
+    writer.release()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results.md").write_text("# R\n\nintro\n<!-- results:start -->\nOLD-TABLE\n<!-- results:end -->\n\ntail\n")
+
+    proc = subprocess.run([sys.executable, "scripts/results.py", "--outputs", str(outputs), "--docs", str(docs)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    page = (docs / "results.md").read_text()
+    assert page.startswith("# R\n\nintro\n") and page.rstrip().endswith("tail") and "OLD-TABLE" not in page
+    assert "| 0.500 | 0.800 | 0.700 | 3 | 0.600 | 1234 | -15000 |" in page  # newest fit run, NLL from its test
+    assert "40 optimiser steps" in page and "`python" in page
+    for name in ("curves.png", "tracking.png", "tracking.avi"):
+        assert (docs / "results" / "easy" / name).is_file(), name
+    assert cv2.imread(str(docs / "results" / "easy" / "tracking.png")).shape[:2] == (16, 5 * 32)
+
+
+def test_results_script_refuses_a_folder_without_summary(tmp_path):
+    proc = subprocess.run([sys.executable, "scripts/results.py", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "has no summary.json" in proc.stderr
