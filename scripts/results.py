@@ -127,8 +127,9 @@ def video_strip(video: Path, path: Path, frames: int = 10) -> bool:
     return bool(cv2.imwrite(str(path), np.concatenate(rows, 0)))
 
 
-def nll_from_tests(run_dir: Path, checkpoint: str | None) -> float | None:
-    """test/nll of the newest task=test run of the same experiment that evaluated this run's checkpoint."""
+def nll_from_tests(run_dir: Path, checkpoint: str | None) -> dict | None:
+    """The summary of the newest task=test run of the same experiment that estimated the NLL (test/nll) of
+    this run's checkpoint."""
     if not checkpoint:
         return None
     best = None
@@ -139,7 +140,7 @@ def nll_from_tests(run_dir: Path, checkpoint: str | None) -> float | None:
                 and summary["metrics"].get("test/nll") is not None):
             if best is None or summary["finished"] > best["finished"]:
                 best = summary
-    return None if best is None else best["metrics"]["test/nll"]
+    return best
 
 
 def duration(seconds: float) -> str:
@@ -151,8 +152,9 @@ def section(run_dir: Path, docs: Path) -> str:
     summary = read_summary(run_dir)
     name = summary["name"]
     metrics = dict(summary["metrics"])
-    if metrics.get("test/nll") is None:
-        metrics["test/nll"] = nll_from_tests(run_dir, summary.get("checkpoint"))
+    nll_run = None if metrics.get("test/nll") is not None else nll_from_tests(run_dir, summary.get("checkpoint"))
+    if nll_run is not None:
+        metrics["test/nll"] = nll_run["metrics"]["test/nll"]
     out = docs / "results" / name
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"### {name}", "", f"`{summary['command']}`", "",
@@ -161,6 +163,8 @@ def section(run_dir: Path, docs: Path) -> str:
              "steps.", "",
              "| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
              "| " + " | ".join(fmt(metrics.get(k)) for _, k in COLUMNS) + " |", ""]
+    if nll_run is not None:
+        lines += [f"NLL from `{nll_run['command']}` (the same checkpoint).", ""]
     if plot_curves(history(run_dir), out / "curves.png", name):
         lines += [f"![{name} curves](results/{name}/curves.png)", ""]
     video = tracking_video(run_dir)
