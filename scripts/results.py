@@ -172,7 +172,7 @@ def section(run_dir: Path, docs: Path) -> str:
         shutil.copyfile(video, out / f"tracking{video.suffix}")
         if video_strip(video, out / "tracking.png"):
             lines += [f"![{name} tracking](results/{name}/tracking.png)", ""]
-        lines += [f"The first test sequence, tracked (left: input with boxes and IDs): "
+        lines += [f"The first test sequence (input with tracked boxes, IDs and trails | reconstruction): "
                   f"[results/{name}/tracking{video.suffix}](results/{name}/tracking{video.suffix})", ""]
     return "\n".join(lines)
 

@@ -77,3 +77,18 @@ def tiny_cli(tmp_path: Path, data_dir: Path) -> list[str]:
     """The same tiny overrides for `python run.py` subprocesses."""
     return [f"paths.output_root={tmp_path / 'outputs'}", f"paths.data_dir={data_dir}", *TINY,
             *(f"data.{k}={v}" for k, v in TINY_DATA.items())]
+
+
+def read_video(path) -> list:
+    """Every frame of a video file, as OpenCV reads them (BGR uint8 arrays)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 import scalor.inference as inference
+from conftest import read_video
 from scalor.errors import ConfigError, DataError, ScalorError
 from scalor.inference import generate_videos, load_model, track_video
 from scalor.model import SCALOR
@@ -46,16 +47,6 @@ def squares(n: int = 12, size: int = 64, log: list | None = None):
         yield img
 
 
-def read_video(path):
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
-    return frames
 
 
 def parse_mot(path):

@@ -11,18 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import read_video
 from scalor import viz
 
 
 def _read_video(path):
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f[..., ::-1])
-    cap.release()
+    frames = [f[..., ::-1] for f in read_video(path)]  # BGR -> RGB
     return np.stack(frames) if frames else np.zeros((0,))
 
 
