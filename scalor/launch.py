@@ -67,18 +67,13 @@ def gpus_per_node(accelerator: Any, devices: Any, local: Any = False) -> int:
 
 
 def direction(metric: Any, mode: Any, data_target: Any = None) -> str:
-    """Optuna's direction for the value ``run()`` returns (see scalor.tasks.resolve_monitor)."""
-    mode, metric = str(mode), str(metric)
-    if mode in ("max", "min"):
-        return "maximize" if mode == "max" else "minimize"
-    if metric == "auto":
-        from hydra.utils import get_class
+    """Optuna's direction for the value ``run()`` returns (the choice of scalor.tasks.monitor_choice)."""
+    from hydra.utils import get_class
 
-        has_gt = bool(getattr(get_class(str(data_target)), "has_ground_truth", False)) if data_target else False
-        return "maximize" if has_gt else "minimize"
-    from scalor.tasks import HIGHER_IS_BETTER
+    from scalor.tasks import monitor_choice
 
-    return "maximize" if metric.split("/")[-1] in HIGHER_IS_BETTER else "minimize"
+    has_gt = bool(getattr(get_class(str(data_target)), "has_ground_truth", False)) if data_target else False
+    return "maximize" if monitor_choice(metric, mode, has_gt)[1] == "max" else "minimize"
 
 
 def wandb_mode() -> str:

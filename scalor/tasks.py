@@ -258,20 +258,26 @@ def _check_monitor(monitor: dict) -> None:
         raise ConfigError(f"monitor.mode={mode} is unknown; use min, max or auto.")
 
 
-def resolve_monitor(cfg: DictConfig, datamodule: Any) -> str:
-    """Fill ``monitor.metric`` / ``monitor.mode`` if ``auto`` (val/mota max with ground truth, else
-    val/neg_elbo min) and return the metric name."""
-    has_gt = bool(getattr(datamodule, "has_ground_truth", False))
-    metric = cfg.monitor.metric
+def monitor_choice(metric: str, mode: str, has_gt: bool) -> tuple[str, str]:
+    """``monitor.metric`` / ``monitor.mode`` with ``auto`` filled in: val/mota (max) where the data has ground
+    truth, else val/neg_elbo (min); an ``auto`` mode follows the metric. Shared with Optuna's direction."""
+    metric, mode = str(metric), str(mode)
     if metric == "auto":
         metric = "val/mota" if has_gt else "val/neg_elbo"
+    if mode == "auto":
+        mode = "max" if metric.split("/")[-1] in HIGHER_IS_BETTER else "min"
+    return metric, mode
+
+
+def resolve_monitor(cfg: DictConfig, datamodule: Any) -> str:
+    """Fill ``monitor.metric`` / ``monitor.mode`` if ``auto`` (:func:`monitor_choice`) and return the metric
+    name."""
+    has_gt = bool(getattr(datamodule, "has_ground_truth", False))
+    metric, mode = monitor_choice(cfg.monitor.metric, cfg.monitor.mode, has_gt)
     if not has_gt and metric.split("/")[-1] in ("mota", "motp", "idf1", "idp", "idr", "count_acc", "count_mae"):
         raise ConfigError(f"monitor.metric={metric} needs ground truth but data={cfg.data._target_.split('.')[-1]} "
                           "has none; use monitor.metric=val/neg_elbo monitor.mode=min "
                           "(an Optuna search then minimises it).")
-    mode = cfg.monitor.mode
-    if mode == "auto":
-        mode = "max" if metric.split("/")[-1] in HIGHER_IS_BETTER else "min"
     cfg.monitor.metric, cfg.monitor.mode = metric, mode
     return metric
 
