@@ -14,6 +14,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,24 +31,36 @@ from scalor.errors import ScalorError
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def synthetic_video(cfg: DictConfig, seed: int) -> torch.Tensor:
-    """(B, T, 3, H, W) float moving sprites, rendered in memory with the dSprites generator."""
+def _render_frames(data_cfg: dict, img_size: int, seq_len: int, batch_size: int, seed: int) -> np.ndarray:
+    """(B, T, H, W, 3) uint8 moving sprites from the data config's generator (dSprites of that size otherwise)."""
     from scalor.datamodules import DSpritesDataModule, SpriteSceneDataModule
 
     with tempfile.TemporaryDirectory() as tmp:
-        data_cfg = OmegaConf.to_container(cfg.data, resolve=False)
         data_cfg["root"] = tmp
         try:
             dm = instantiate(data_cfg)
         except Exception:  # noqa: BLE001 - any data source: fall back to dSprites of the same size
             dm = None
         if not isinstance(dm, SpriteSceneDataModule):
-            dm = DSpritesDataModule(root=tmp, img_size=cfg.data.img_size, seq_len=cfg.data.seq_len,
-                                    batch_size=cfg.data.batch_size, seed=seed)
-        frames = np.stack([
+            dm = DSpritesDataModule(root=tmp, img_size=img_size, seq_len=seq_len, batch_size=batch_size, seed=seed)
+        return np.stack([
             np.stack([scene.render(t)[0] for t in range(dm.seq_len)])
-            for scene in (dm.make_scene("train", i) for i in range(int(cfg.data.batch_size)))
+            for scene in (dm.make_scene("train", i) for i in range(batch_size))
         ])
+
+
+def synthetic_video(cfg: DictConfig, seed: int) -> torch.Tensor:
+    """(B, T, 3, H, W) float moving sprites, rendered by the dSprites generator in a child process: the data
+    modules import Lightning (about 180 MB), which the measured process then does not hold."""
+    args = [OmegaConf.to_container(cfg.data, resolve=False), int(cfg.data.img_size), int(cfg.data.seq_len),
+            int(cfg.data.batch_size), seed]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "video.npy"
+        code = ("import json, sys, numpy; from scalor.bench import _render_frames; "
+                "numpy.save(sys.argv[2], _render_frames(*json.loads(sys.argv[1])))")
+        subprocess.run([sys.executable, "-c", code, json.dumps(args), str(out)], check=True,
+                       cwd=Path(__file__).resolve().parents[1])
+        frames = np.load(out)
     return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div(255)
 
 
@@ -78,6 +91,7 @@ def run_bench(cfg: DictConfig) -> dict:
     curriculum = instantiate(cfg.curriculum)
     video = synthetic_video(cfg, int(b.seed)).to(device)
     frames = video.shape[0] * video.shape[1]
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports, weights, input
     times, counts = [], []
     if b.mode == "train":
         model.train()
@@ -85,19 +99,24 @@ def run_bench(cfg: DictConfig) -> dict:
     else:
         model.eval()
         model.deterministic = True
+    precision = str(cfg.trainer.precision)
+    if precision not in ("32-true", "32", "bf16-mixed"):
+        raise ScalorError(f"trainer.precision={precision} is not measured by the benchmark: use 32-true or bf16-mixed.")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     for step in range(int(b.warmup) + int(b.steps)):
         schedule = curriculum.at(step if b.mode == "train" else 10**9)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         if b.mode == "train":
-            out = model(video, schedule)
+            with autocast:  # what Lightning's trainer.precision=bf16-mixed does around the forward pass
+                out = model(video, schedule)
             out.neg_elbo.mean().backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 out = model(video, schedule, track_only=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -113,11 +132,13 @@ def run_bench(cfg: DictConfig) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "frames_per_s": round(frames / median, 3),
         "mean_count": round(statistics.mean(counts), 2),
+        "baseline_rss_mb": round(baseline_rss, 1),
+        "lightning_imported": "lightning" in sys.modules,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "config": {
-            "mode": b.mode, "steps": int(b.steps), "warmup": int(b.warmup),
+            "mode": b.mode, "steps": int(b.steps), "warmup": int(b.warmup), "precision": precision,
             "img_size": int(cfg.data.img_size), "grid": [int(cfg.grid.num_cell_h), int(cfg.grid.num_cell_w)],
             "batch_size": int(cfg.data.batch_size), "seq_len": int(cfg.data.seq_len),
             "model": OmegaConf.to_container(cfg.model, resolve=True),

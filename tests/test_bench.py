@@ -25,6 +25,17 @@ def test_bench_prints_json_last(mode):
     assert result["frames_per_s"] == pytest.approx(3 / result["median_step_s"], rel=0.01)
     assert result["config"]["mode"] == mode and result["config"]["img_size"] == 64
     assert result["config"]["model"]["max_num_obj"] == 4
+    # The measured process holds the model and its input, not the framework (the input is drawn in a child).
+    assert result["lightning_imported"] is False and 0 < result["baseline_rss_mb"] <= result["peak_rss_mb"]
+    assert result["config"]["precision"] == "32-true"
+
+
+def test_bench_bf16_autocast_runs_and_is_recorded():
+    proc = subprocess.run([sys.executable, "-m", "scalor.bench", *TINY, "trainer.precision=bf16-mixed"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["config"]["precision"] == "bf16-mixed" and result["median_step_s"] > 0
 
 
 def test_bench_bad_mode_is_one_line_exit_2():
@@ -32,3 +43,8 @@ def test_bench_bad_mode_is_one_line_exit_2():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: bench.mode=fly is unknown: use train or track."]
+    proc = subprocess.run([sys.executable, "-m", "scalor.bench", *TINY, "trainer.precision=16-mixed"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: trainer.precision=16-mixed is not measured by the benchmark: use 32-true or bf16-mixed."]

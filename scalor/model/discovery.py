@@ -4,16 +4,14 @@ explains, and the cap on the number of tracked objects."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributions import (bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob, prob_to_logit,
                             relaxed_bernoulli, sample_normal)
-from .encoders import GlimpseEncoder, cg, log2_int
-from .render import BoxCoder, Windows, extract, gather_windows, render_windows
+from .encoders import Decode, Encode, cg, log2_int
+from .render import BoxCoder, Windows, gather_windows, render_windows
 
 PRES_LOGIT_FACTOR = 8.8
 
@@ -122,8 +120,8 @@ class Discovery(nn.Module):
         return torch.stack([sx, sy, tx, ty], -1)
 
     def forward(self, feats: Tensor | None, frame: Tensor | None, alpha_prop: Tensor, lengths: Tensor,
-                z_pres_prior: float, tau: float, reject: bool, encoder: GlimpseEncoder,
-                decoder: Callable[[Tensor], tuple[Tensor, Tensor]], deterministic: bool, imagine: bool = False,
+                z_pres_prior: float, tau: float, reject: bool, encoder: Encode,
+                decoder: Decode, deterministic: bool, imagine: bool = False,
                 log_imp: bool = False, skip_below: float = 0.0) -> DiscoveryStep:
         """feats (B,64,Gh,Gw), frame (B,3,H,W) (both None when imagined), alpha_prop (B,1,H,W)
         detached and clamped, lengths (B,) objects tracked before this frame -> DiscoveryStep.
@@ -152,19 +150,17 @@ class Discovery(nn.Module):
             active = on.flatten().nonzero()[:, 0]
             z_pres_relaxed = z_pres_relaxed * on
         if not imagine:
-            glimpses = extract(frame, z_where, (s, s)).flatten(0, 1)
-            e_mean, e_raw = encoder(glimpses if active is None else glimpses[active])
+            e_mean, e_raw = encoder(frame, z_where, active)
             if active is not None:
                 e_mean = e_mean.new_zeros(b * k, e_mean.shape[-1]).index_copy(0, active, e_mean)
                 e_raw = e_raw.new_zeros(b * k, e_raw.shape[-1]).index_copy(0, active, e_raw)
             e_mean, e_std = e_mean.view(b, k, -1), F.softplus(e_raw).view(b, k, -1)
             z_what = sample_normal(e_mean, e_std, deterministic)
         if active is None:
-            o, a = decoder(z_what.flatten(0, 1))
-            glimpse = torch.cat([o * a, a], 1)
+            glimpse = decoder(z_what.flatten(0, 1))
         else:
-            o, a = decoder(z_what.flatten(0, 1)[active])
-            glimpse = o.new_zeros(b * k, 4, s, s).index_copy(0, active, torch.cat([o * a, a], 1))
+            decoded = decoder(z_what.flatten(0, 1)[active])
+            glimpse = decoded.new_zeros(b * k, 4, s, s).index_copy(0, active, decoded)
         glimpse = glimpse.view(b, k, 4, s, s)
         win = render_windows(glimpse, z_where, self.win_hw, self.img_hw)
 

@@ -8,9 +8,17 @@ line up with the reference's (index for index) at its sizes.
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
+
+
+# The glimpse networks as the model stages call them (SCALOR._encode, SCALOR._decode):
+# Encode: frame (B,3,H,W), boxes z_where (B,M,4), optional active indices -> (mean, raw std), each (B*M, 64);
+# Decode: z_what (n, 64) -> glimpses (n, 4, S, S) (alpha-premultiplied colour, then alpha).
+Encode = Callable[[Tensor, Tensor, Optional[Tensor]], tuple[Tensor, Tensor]]
+Decode = Callable[[Tensor], Tensor]
 
 
 def groups_for(channels: int) -> int:
@@ -189,3 +197,8 @@ class GlimpseDecoder(nn.Module):
     def forward(self, z_what: Tensor) -> tuple[Tensor, Tensor]:
         x = self.trunk(z_what[:, :, None, None])
         return torch.sigmoid(self.appearance(x)), torch.sigmoid(self.alpha(x))
+
+    def glimpse(self, z_what: Tensor) -> Tensor:
+        """(n, 64) -> (n, 4, S, S): alpha-premultiplied appearance o * a, then alpha a (what is rendered)."""
+        o, a = self(z_what)
+        return torch.cat([o * a, a], 1)

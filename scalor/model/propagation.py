@@ -6,15 +6,13 @@ All B x N slots are processed at once; padded slots are masked afterwards.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributions import (bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob, prob_to_logit,
                             relaxed_bernoulli, sample_normal)
-from .encoders import GlimpseEncoder, cg
+from .encoders import Decode, Encode, cg
 from .render import BoxCoder, Windows, extract, render_windows
 from .state import ObjectState
 
@@ -119,7 +117,7 @@ class Propagation(nn.Module):
         self.prior = PropagationPrior(z_what_dim)
 
     def forward(self, s: ObjectState, feats: Tensor | None, frame: Tensor | None, tau: float,
-                encoder: GlimpseEncoder, decoder: Callable[[Tensor], tuple[Tensor, Tensor]], deterministic: bool,
+                encoder: Encode, decoder: Decode, deterministic: bool,
                 imagine: bool = False, log_imp: bool = False) -> PropagationStep:
         """State with N slots, feats (B,64,Gh,Gw), frame (B,3,H,W) (None when imagined) -> step."""
         b, n = s.z_what.shape[:2]
@@ -145,8 +143,7 @@ class Propagation(nn.Module):
             z_depth = sample_normal(pd_mean, pd_std, deterministic)
             logit = prob_to_logit(p_pres.clamp(1e-6, 1 - 1e-6))
         else:
-            glimpses = extract(frame, z_where, (self.glimpse_size, self.glimpse_size))
-            e_mean, e_raw = encoder(glimpses.flatten(0, 1))
+            e_mean, e_raw = encoder(frame, z_where)
             e_mean, e_std = e_mean.view(b, n, -1), F.softplus(e_raw).view(b, n, -1)
             t_mean, t_raw = self.what_net(h).chunk(2, -1)
             forget, inp = torch.sigmoid(self.gate_net(torch.cat([h, a], -1))).chunk(2, -1)
@@ -166,9 +163,8 @@ class Propagation(nn.Module):
         c_abs = s.c_abs + (1 - z_relaxed[..., None]) * mask[..., None]
         z_pres = z_relaxed * (c_abs[..., 0] < STOP_THRESHOLD) * mask
 
-        o, alpha = decoder(z_what.flatten(0, 1))
         g = self.glimpse_size
-        win = render_windows(torch.cat([o * alpha, alpha], 1).view(b, n, 4, g, g), z_where, self.win_hw, self.img_hw)
+        win = render_windows(decoder(z_what.flatten(0, 1)).view(b, n, 4, g, g), z_where, self.win_hw, self.img_hw)
 
         if imagine:
             kls = (zeros, zeros, zeros, zeros)

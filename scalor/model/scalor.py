@@ -17,7 +17,7 @@ from .discovery import Discovery, DiscoveryStep
 from .distributions import EPS, clamp_st, normal_log_prob
 from .encoders import GlimpseDecoder, GlimpseEncoder, ImageEncoder
 from .propagation import Propagation, PropagationStep
-from .render import (BoxCoder, Windows, boxes_to_xyxy, gather_windows, mask_boxes, scatter_windows, scatter_windows_amax,
+from .render import (BoxCoder, Windows, boxes_to_xyxy, extract, gather_windows, mask_boxes, scatter_windows, scatter_windows_amax,
                      window_size)
 from .state import Carry, ObjectState, SequenceOutput
 
@@ -53,7 +53,8 @@ class SCALOR(nn.Module):
                  z_pres_disc_threshold: float = 0.7, gen_disc_pres_probs: float = 0.1, observe_frames: int = 5,
                  nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
                  kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool = True,
-                 skip_glimpse_below: float = 0.0, box_source: str = "mask"):
+                 checkpoint_encoder: bool = True, channels_last: bool = True, fixed_slots: bool = False,
+                 compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask"):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -72,6 +73,10 @@ class SCALOR(nn.Module):
         self.deterministic = deterministic
         self.no_background = no_background
         self.checkpoint_decoder = checkpoint_decoder
+        self.checkpoint_encoder = checkpoint_encoder
+        self.fixed_slots = fixed_slots
+        self.compile = compile
+        self._compiled: dict = {}  # torch.compile'd glimpse networks, built at first use (not submodules)
         self.skip_glimpse_below = skip_glimpse_below
         self.box_source = box_source
         boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
@@ -85,6 +90,9 @@ class SCALOR(nn.Module):
         self.discovery = Discovery(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw, max_num_obj,
                                    explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection)
         self.background = None if no_background else Background(img_size, bg_decoder)
+        if channels_last:  # NHWC convolution weights: oneDNN/cuDNN pick their faster NHWC kernels (exact)
+            for net in (self.glimpse_encoder, self.glimpse_decoder):
+                net.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ config
     @staticmethod
@@ -131,11 +139,33 @@ class SCALOR(nn.Module):
             raise ConfigError(f"model.nll_samples={nll_samples} must be >= 1.")
 
     # ------------------------------------------------------------------ helpers
-    def _decode(self, z_what: Tensor) -> tuple[Tensor, Tensor]:
-        """Glimpse decoder, recomputed in backward when ``checkpoint_decoder`` (exact, less memory)."""
+    def _net(self, name: str):
+        """The glimpse network ``name`` (encoder forward or decoder glimpse), torch.compile'd with ``compile``."""
+        fn = self.glimpse_encoder.forward if name == "encoder" else self.glimpse_decoder.glimpse
+        if not self.compile:
+            return fn
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(fn, dynamic=True)
+        return self._compiled[name]
+
+    def _decode(self, z_what: Tensor) -> Tensor:
+        """(n, 64) -> glimpses (n, 4, S, S) (premultiplied colour, alpha); with ``checkpoint_decoder`` the
+        decoder is recomputed in backward and only z_what is kept (exact, less memory)."""
         if self.checkpoint_decoder and torch.is_grad_enabled() and z_what.requires_grad:
-            return checkpoint(self.glimpse_decoder, z_what, use_reentrant=False)
-        return self.glimpse_decoder(z_what)
+            return checkpoint(self._net("decoder"), z_what, use_reentrant=False)
+        return self._net("decoder")(z_what)
+
+    def _encode(self, frame: Tensor, z_where: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Glimpses of frame (B,3,H,W) at boxes (B,M,4), encoded -> (mean, raw std), each (B*M, 64) or, with
+        ``active`` (indices into B*M), (len(active), 64). With ``checkpoint_encoder`` extraction and encoder are
+        recomputed in backward and only the frame and boxes are kept (exact, less memory)."""
+        if self.checkpoint_encoder and torch.is_grad_enabled():
+            return checkpoint(self._encode_now, frame, z_where, active, use_reentrant=False)
+        return self._encode_now(frame, z_where, active)
+
+    def _encode_now(self, frame: Tensor, z_where: Tensor, active: Tensor | None) -> tuple[Tensor, Tensor]:
+        glimpses = extract(frame, z_where, (self.glimpse_size, self.glimpse_size)).flatten(0, 1)
+        return self._net("encoder")(glimpses if active is None else glimpses[active])
 
     def initial_carry(self, batch: int, device, dtype=torch.float32) -> Carry:
         """Nothing tracked yet: one empty slot per element, IDs starting at 1."""
@@ -191,9 +221,10 @@ class SCALOR(nn.Module):
                  detach: bool) -> tuple[ObjectState, Tensor, Tensor, int, Tensor]:
         """Keep surviving tracked objects (previous order) then new ones (raster order), by one gather.
 
-        Returns the next state, the kept count (B,), the updated next_id (B,), the largest kept
-        count and the gather order (B, N_new) into [prop slots, disc cells]. One host sync: the new
-        slot count (SCALOR-SPEC §4.7 step 3).
+        Returns the next state, the kept count (B,), the updated next_id (B,), the slot count to
+        propagate (the largest kept count; the whole budget with ``fixed_slots``) and the gather order
+        (B, N_new) into [prop slots, disc cells]. One host sync unless ``fixed_slots``: the new slot
+        count (SCALOR-SPEC §4.7 step 3).
         """
         b, k = disc.z_pres.shape
         keep_disc = disc.z_pres > self.z_pres_disc_threshold
@@ -209,8 +240,11 @@ class SCALOR(nn.Module):
             cand = {key: torch.cat([old[key], cand[key]], 1) for key in cand}
             keep = torch.cat([prop.z_pres > 0, keep_disc], 1)
         count = keep.sum(1)
-        n_kept = int(count.max())
-        n_new = max(n_kept, 1)
+        if self.fixed_slots:  # static shapes, no host sync: always the whole budget (padding is masked)
+            n_kept = n_new = min(self.max_num_obj, keep.shape[1])
+        else:
+            n_kept = int(count.max())
+            n_new = max(n_kept, 1)
         order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :n_new]
         take = lambda x: x.gather(1, order.view(b, n_new, *([1] * (x.dim() - 2))).expand(b, n_new, *x.shape[2:]))  # noqa: E731
         new = ObjectState(**{key: take(val) for key, val in cand.items()}, mask=take(keep))
@@ -254,7 +288,7 @@ class SCALOR(nn.Module):
 
             prop = None
             if n_alive > 0:
-                prop = self.propagation(state, f_t, frame, schedule.tau, self.glimpse_encoder, self._decode, det,
+                prop = self.propagation(state, f_t, frame, schedule.tau, self._encode, self._decode, det,
                                         imagine, log_imp)
                 prop_c = self._canvases(prop.windows, prop.z_pres, prop.z_depth)
                 alpha_prop = clamp_st(prop_c.alpha).detach()
@@ -262,7 +296,7 @@ class SCALOR(nn.Module):
                 alpha_prop = video.new_zeros(b, 1, *self.img_hw)
             disc = self.discovery(f_t, frame, alpha_prop, lengths, schedule.z_pres_prior, schedule.tau,
                                   reject=prop is not None,
-                                  encoder=self.glimpse_encoder, decoder=self._decode, deterministic=det,
+                                  encoder=self._encode, decoder=self._decode, deterministic=det,
                                   imagine=imagine, log_imp=log_imp,
                                   skip_below=0.0 if self.training else self.skip_glimpse_below)
             for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
