@@ -1,5 +1,5 @@
-"""It learns: four minutes of `python run.py experiment=dsprites_easy` on the CPU improve the test ELBO by a
-stated margin. `persistent_tracks` (tested here) is the check of a persistent ID over a whole test sequence."""
+"""It learns: 200 steps (3-4 minutes on 2 CPU cores) of `python run.py experiment=dsprites_easy` improve the test
+ELBO by a stated margin, and the trained model tracks objects with one ID over whole test sequences."""
 
 from __future__ import annotations
 
@@ -14,17 +14,19 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import ROOT
+from scalor.inference import inference_schedule, load_model
 from scalor.metrics.tracking import box_iou_np
 from scalor.summary import read_summary
 
-MINUTES = 4
+STEPS = 200  # a step count, not a time budget: the outcome does not depend on the machine's speed
+MINUTES = 10  # a safety cap only
 # Negative ELBO in nats per frame on the test split: the freshly initialised network (same config and seed)
 # against the trained one. A perfect reconstruction at sigma 0.1 would reach about -1.7e4.
 ELBO_MARGIN = 4000.0
 # The experiment as documented, on less data (quicker to generate).
-OVERRIDES = [f"trainer.max_time=00:00:{MINUTES:02d}:00", "data.num_train=400", "data.num_val=16", "data.num_test=16",
-             "trainer.val_check_interval=100", "trainer.log_every_n_steps=5", "logger=csv",
-             "trainer.enable_progress_bar=false", "data.num_workers=0"]
+OVERRIDES = [f"trainer.max_steps={STEPS}", f"trainer.max_time=00:00:{MINUTES:02d}:00", "data.num_train=400",
+             "data.num_val=16", "data.num_test=16", "trainer.val_check_interval=100", "trainer.log_every_n_steps=5",
+             "logger=csv", "trainer.enable_progress_bar=false", "data.num_workers=0"]
 
 
 def persistent_tracks(pred_boxes, pred_ids, gt_boxes, gt_ids, min_iou: float = 0.5) -> int:
@@ -69,7 +71,7 @@ def test_easy_experiment_learns_to_track(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = next((tmp_path / "outputs" / "dsprites_easy").iterdir())
     summary = read_summary(run_dir)
-    assert summary["task"] == "fit" and summary["steps"] > 50, summary
+    assert summary["task"] == "fit" and summary["steps"] == STEPS, summary
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # the run's own data, model and curriculum
     data = instantiate(cfg.data)
@@ -82,6 +84,15 @@ def test_easy_experiment_learns_to_track(tmp_path):
     after = summary["metrics"]["test/neg_elbo"]
     assert float(before) - after >= ELBO_MARGIN, (float(before), after)
 
-    # Not asserted yet: a persistent track (persistent_tracks >= 1). Minutes of CPU (240 steps in six) are not
-    # enough for that today: at that point propagated objects still die after one frame and are rediscovered;
-    # the 60-minute run of docs/results.md tracks (IDF1 0.71).
+    # Tracking with the trained weights as `task=track` does (deterministic inference, end-of-training
+    # schedule): at least one object keeps one ID, matched to one and the same sprite, over whole sequences.
+    # (Measured: 0 such tracks after 50 steps, 23 after 100, 26 after 200, on these 16 test sequences.)
+    model = load_model(run_dir / "checkpoints" / "last.ckpt")
+    model.deterministic = True
+    found = 0
+    with torch.no_grad():
+        for b in data.test_dataloader():
+            out = model(b["video"], inference_schedule(curriculum))
+            ids = torch.where(out.presence > 0.5, out.ids, -1)
+            found += persistent_tracks(out.boxes.numpy(), ids.numpy(), b["boxes"].numpy(), b["ids"].numpy())
+    assert found >= 1, found
