@@ -74,6 +74,23 @@ def load_weights(model: torch.nn.Module, path: str) -> None:
     model.load_state_dict(model_weights(state))
 
 
+def _profile(step, rows: int) -> list[dict]:
+    """torch.profiler over one more step (not timed): the ``rows`` operators with the most self time, as
+    {"op", "self_ms", "self_pct"} (CPU time; CUDA time instead where the step ran on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events) or 1.0
+    top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:rows]
+    return [{"op": e.key, "self_ms": round(getattr(e, key) / 1e3, 2),
+             "self_pct": round(100 * getattr(e, key) / total, 2)} for e in top]
+
+
 def run_bench(cfg: DictConfig) -> dict:
     """Measure ``cfg.bench.steps`` steps after ``cfg.bench.warmup``; returns the result dict."""
     b = cfg.bench
@@ -103,11 +120,8 @@ def run_bench(cfg: DictConfig) -> dict:
     if precision not in ("32-true", "32", "bf16-mixed"):
         raise ScalorError(f"trainer.precision={precision} is not measured by the benchmark: use 32-true or bf16-mixed.")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-    for step in range(int(b.warmup) + int(b.steps)):
+    def one_step(step: int):
         schedule = curriculum.at(step if b.mode == "train" else 10**9)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
         if b.mode == "train":
             with autocast:  # what Lightning's trainer.precision=bf16-mixed does around the forward pass
                 out = model(video, schedule)
@@ -115,14 +129,21 @@ def run_bench(cfg: DictConfig) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        else:
-            with torch.no_grad(), autocast:
-                out = model(video, schedule, track_only=True)
+            return out
+        with torch.no_grad(), autocast:
+            return model(video, schedule, track_only=True)
+
+    for step in range(int(b.warmup) + int(b.steps)):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = one_step(step)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= int(b.warmup):
             times.append(time.perf_counter() - start)
             counts.append(float(out.counts.float().mean()))
+    profile = _profile(lambda: one_step(int(b.warmup) + int(b.steps)), int(b.profile)) if b.profile else None
     median = statistics.median(times)
     result = {
         "median_step_s": round(median, 4),
@@ -144,6 +165,8 @@ def run_bench(cfg: DictConfig) -> dict:
             "model": OmegaConf.to_container(cfg.model, resolve=True),
         },
     }
+    if profile is not None:
+        result["profile"] = profile
     if device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return result
@@ -160,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{result['config']['mode']}: median {result['median_step_s']} s/step, "
           f"{result['frames_per_s']} frames/s, peak RSS {result['peak_rss_mb']} MB, {result['params']:,} params")
+    for row in result.get("profile", []):
+        print(f"  {row['self_pct']:6.2f}%  {row['self_ms']:10.2f} ms  {row['op']}")
     print(json.dumps(result))
     return 0
 

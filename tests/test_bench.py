@@ -14,8 +14,8 @@ TINY = ["experiment=dsprites_easy", "data.img_size=64", "grid=4x4", "data.batch_
 
 @pytest.mark.parametrize("mode", ["train", "track"])
 def test_bench_prints_json_last(mode):
-    proc = subprocess.run([sys.executable, "-m", "scalor.bench", *TINY, f"bench.mode={mode}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "scalor.bench", *TINY, f"bench.mode={mode}", "bench.profile=5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("median_step_s", "min_step_s", "max_step_s", "peak_rss_mb", "params", "frames_per_s", "config"):
@@ -28,6 +28,10 @@ def test_bench_prints_json_last(mode):
     # The measured process holds the model and its input, not the framework (the input is drawn in a child).
     assert result["lightning_imported"] is False and 0 < result["baseline_rss_mb"] <= result["peak_rss_mb"]
     assert result["config"]["precision"] == "32-true"
+    # bench.profile: the top operators of one extra, untimed step
+    rows = result["profile"]
+    assert len(rows) == 5 and all(r["op"] and 0 < r["self_pct"] <= 100 for r in rows)
+    assert [r["self_ms"] for r in rows] == sorted((r["self_ms"] for r in rows), reverse=True)
 
 
 def test_bench_bf16_autocast_runs_and_is_recorded():

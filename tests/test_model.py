@@ -153,6 +153,45 @@ def test_proposal_covered_by_propagation_is_rejected_uncovered_accepted():
     assert (step.z_pres[0, left] == 0).all()
 
 
+def test_duplicate_proposals_keep_only_the_most_present():
+    coder = BoxCoder()
+    s = 16
+    disc = Discovery(64, 4, 4, coder, s, window_size(*coder.max_scale, s, (64, 64)), max_num_obj=100,
+                     reject_duplicates=True)
+    z_where = torch.tensor([[0.1, 0.1, -0.5, -0.5], [0.1, 0.1, -0.5, -0.5],   # the same box twice
+                            [0.1, 0.1, -0.45, -0.5],                          # nearly the same box
+                            [0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, -0.5]])[None]  # two separate boxes
+    glimpse = torch.ones(1, 5, 4, s, s)  # opaque: each mask is its whole box
+    win = render_windows(glimpse, z_where, disc.win_hw, disc.img_hw)
+    mask = (win.data[:, :, 3] > 0.3) & win.valid
+    area = mask.flatten(2).sum(-1).float()
+    strength = torch.tensor([[0.9, 0.95, 0.99, 0.5, 0.6]])
+    ratio = disc._explained_by_stronger(win, mask, strength) / area
+    assert ratio[0, 2] == 0 and ratio[0, 3] == 0 and ratio[0, 4] == 0  # the strongest and the separate ones
+    assert ratio[0, 0] > 0.8 and ratio[0, 1] > 0.8  # covered by the stronger copy
+    tie = disc._explained_by_stronger(win, mask, torch.ones(1, 5)) / area
+    assert tie[0, 0] == 0 and tie[0, 1] == 1  # ties: the earlier cell wins
+
+
+def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals():
+    video = torch.zeros(2, 3, 3, 64, 64)
+    video[:, :, :, 8:20, 8:20] = 1.0
+    video[:, :, :, 40:52, 36:48] = 0.5
+    torch.manual_seed(0)
+    off = tiny(max_num_obj=16)
+    on = tiny(max_num_obj=16, reject_duplicates=True)
+    on.load_state_dict(off.state_dict())
+    assert not off.discovery.reject_duplicates
+    counts = []
+    for m in (off, on):
+        m.deterministic = True
+        out = m(video, Schedule())
+        assert torch.isfinite(out.neg_elbo).all()
+        counts.append(out.counts[:, 0])
+    # fresh weights draw a blob in every cell and neighbouring blobs overlap: with the option most cells go
+    assert (counts[1] < counts[0]).all() and (counts[1] >= 1).all()
+
+
 @pytest.mark.parametrize("mode", ["train", "eval", "generate", "generate_t0"])
 def test_cap_holds_in_every_mode(mode):
     torch.manual_seed(0)
@@ -282,10 +321,23 @@ def test_importance_weighted_nll_is_finite():
     (dict(sigma=0.0), "sigma"),
     (dict(img_size=100), "img_size"),
     (dict(bg_decoder="conv"), "bg_decoder"),
+    (dict(center_range=0.0), "center_range"),
 ])
 def test_impossible_configs_raise_one_clear_error(kw, key):
     with pytest.raises(ConfigError, match=key):
         SCALOR.validate_config(**kw)
+
+
+@pytest.mark.parametrize("center_range", [1.0, 0.5])
+def test_discovered_centres_stay_within_center_range_of_their_cell(center_range):
+    model = SCALOR(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=4, center_range=center_range)
+    raw = torch.zeros(1, 16, 4)
+    raw[..., 2:] = torch.tensor([-1e3, 1e3]).repeat(8)[None, :, None].reshape(1, 16, 1)  # saturated offsets
+    box = model.discovery.decode_where(raw)
+    cell = 2.0 / 4  # one cell in normalised units
+    centre = model.discovery.cell_xy * cell + cell / 2 - 1  # (K, 2) cell centres
+    offset = (box[0, :, 2:] - centre) / cell
+    assert torch.allclose(offset.abs(), torch.full_like(offset, center_range), atol=1e-5)
 
 
 def test_empty_state_has_no_valid_slots():

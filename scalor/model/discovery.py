@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .distributions import (bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob, prob_to_logit,
                             relaxed_bernoulli, sample_normal)
 from .encoders import Decode, Encode, cg, log2_int
-from .render import BoxCoder, Windows, gather_windows, render_windows
+from .render import BoxCoder, Windows, gather_windows, render_windows, scatter_windows_amax
 
 PRES_LOGIT_FACTOR = 8.8
 
@@ -91,7 +91,8 @@ class Discovery(nn.Module):
 
     def __init__(self, img_size: int, num_cell_h: int, num_cell_w: int, boxes: BoxCoder, glimpse_size: int,
                  win_hw: tuple[int, int], max_num_obj: int, explained_ratio_threshold: float = 0.3,
-                 gen_disc_pres_probs: float = 0.1, kl_weight_pre_rejection: bool = True, z_what_dim: int = 64):
+                 gen_disc_pres_probs: float = 0.1, kl_weight_pre_rejection: bool = True, z_what_dim: int = 64,
+                 center_range: float = 1.0, reject_duplicates: bool = False):
         super().__init__()
         self.proposal = ProposalNet(img_size, num_cell_h, num_cell_w)
         self.img_hw = (img_size, img_size)
@@ -104,6 +105,8 @@ class Discovery(nn.Module):
         self.gen_disc_pres_probs = gen_disc_pres_probs
         self.kl_weight_pre_rejection = kl_weight_pre_rejection
         self.z_what_dim = z_what_dim
+        self.center_range = center_range
+        self.reject_duplicates = reject_duplicates
         rows, cols = torch.meshgrid(torch.arange(num_cell_h), torch.arange(num_cell_w), indexing="ij")
         self.register_buffer("cell_xy", torch.stack([cols.flatten(), rows.flatten()], -1).float(), persistent=False)
 
@@ -115,9 +118,21 @@ class Discovery(nn.Module):
         """Raw (size, ratio, x, y) logits (B,K,4) -> boxes (sx, sy, tx, ty) (B,K,4)."""
         sx, sy = self.boxes.scale(raw[..., 0], raw[..., 1])
         gh, gw = self.grid
-        tx = 2.0 / gw * (self.cell_xy[:, 0] + 0.5 + torch.tanh(raw[..., 2])) - 1
-        ty = 2.0 / gh * (self.cell_xy[:, 1] + 0.5 + torch.tanh(raw[..., 3])) - 1
+        tx = 2.0 / gw * (self.cell_xy[:, 0] + 0.5 + self.center_range * torch.tanh(raw[..., 2])) - 1
+        ty = 2.0 / gh * (self.cell_xy[:, 1] + 0.5 + self.center_range * torch.tanh(raw[..., 3])) - 1
         return torch.stack([sx, sy, tx, ty], -1)
+
+    def _explained_by_stronger(self, win: Windows, mask: Tensor, strength: Tensor) -> Tensor:
+        """Pixels of each proposal's mask that a stronger proposal's mask also covers: mask (B,K,wh,ww),
+        strength (B,K) -> counts (B,K). Ties go to the earlier cell; one scatter-max over the frame, no K x K."""
+        k = strength.shape[1]
+        order = torch.sort(strength, dim=-1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(k, 0, -1, device=order.device).expand_as(order))
+        rank = rank.to(win.data.dtype)  # K for the strongest proposal, 1 for the weakest
+        on = mask & (strength > 0)[..., None, None]
+        top = scatter_windows_amax(win, torch.where(on, rank[..., None, None], 0.0), self.img_hw)  # (B, H, W)
+        seen = gather_windows(win, top[:, None], self.img_hw)[:, :, 0]  # (B, K, wh, ww)
+        return (mask & (seen > rank[..., None, None])).flatten(2).sum(-1)
 
     def forward(self, feats: Tensor | None, frame: Tensor | None, alpha_prop: Tensor, lengths: Tensor,
                 z_pres_prior: float, tau: float, reject: bool, encoder: Encode,
@@ -165,13 +180,16 @@ class Discovery(nn.Module):
         win = render_windows(glimpse, z_where, self.win_hw, self.img_hw)
 
         # Accept-reject: a proposal whose binarised mask is mostly covered by propagated objects.
+        mask = (win.data[:, :, 3] > 0.3) & win.valid  # (B, K, wh, ww)
+        area = mask.flatten(2).sum(-1) + 1e-15
         if reject:
-            mask = (win.data[:, :, 3] > 0.3) & win.valid
             covered = gather_windows(win, alpha_prop, self.img_hw)[:, :, 0] > 0.1
-            explained = (mask & covered).flatten(2).sum(-1) / (mask.flatten(2).sum(-1) + 1e-15)
-            accept = explained < self.explained_ratio_threshold
+            accept = (mask & covered).flatten(2).sum(-1) / area < self.explained_ratio_threshold
         else:
             accept = torch.ones(b, k, dtype=torch.bool, device=alpha_prop.device)
+        if self.reject_duplicates and not imagine:
+            accept = accept & (self._explained_by_stronger(win, mask, z_pres_relaxed.detach() * accept) / area
+                               < self.explained_ratio_threshold)
         z_pres = z_pres_relaxed * accept
 
         # Cap: only the max_num_obj - lengths most present cells survive. The reference keeps values
@@ -182,7 +200,8 @@ class Discovery(nn.Module):
         in_budget = torch.arange(k, device=order.device) < budget[:, None]
         z_pres = z_pres * torch.zeros_like(in_budget).scatter(1, order, in_budget)
 
-        p = z_pres_prior * accept + 1e-8 * (~accept) if reject else torch.full_like(logit, z_pres_prior)
+        checked = reject or (self.reject_duplicates and not imagine)
+        p = z_pres_prior * accept + 1e-8 * (~accept) if checked else torch.full_like(logit, z_pres_prior)
         if imagine:
             kls = (zeros, zeros, zeros, zeros)
         else:

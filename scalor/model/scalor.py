@@ -54,14 +54,16 @@ class SCALOR(nn.Module):
                  nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
                  kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool = True,
                  checkpoint_encoder: bool = True, channels_last: bool = True, fixed_slots: bool = False,
-                 compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask"):
+                 compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask",
+                 center_range: float = 1.0, reject_duplicates: bool = False):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
                              size_anc=size_anc, var_s=var_s, ratio_anc=ratio_anc, var_anc=var_anc,
                              explained_ratio_threshold=explained_ratio_threshold,
                              z_pres_disc_threshold=z_pres_disc_threshold, gen_disc_pres_probs=gen_disc_pres_probs,
-                             observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source)
+                             observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source,
+                             center_range=center_range)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -88,7 +90,8 @@ class SCALOR(nn.Module):
         self.propagation = Propagation(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw,
                                        double_softplus_what_std)
         self.discovery = Discovery(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw, max_num_obj,
-                                   explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection)
+                                   explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection,
+                                   center_range=center_range, reject_duplicates=reject_duplicates)
         self.background = None if no_background else Background(img_size, bg_decoder)
         if channels_last:  # NHWC convolution weights: oneDNN/cuDNN pick their faster NHWC kernels (exact)
             for net in (self.glimpse_encoder, self.glimpse_decoder):
@@ -101,11 +104,13 @@ class SCALOR(nn.Module):
                         size_anc: float = 0.1, var_s: float = 0.03, ratio_anc: float = 2.5, var_anc: float = 0.5,
                         explained_ratio_threshold: float = 0.3, z_pres_disc_threshold: float = 0.7,
                         gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
-                        box_source: str = "mask", **_ignored) -> None:
+                        box_source: str = "mask", center_range: float = 1.0, **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
         if box_source not in ("mask", "where"):
             raise ConfigError(f"model.box_source={box_source} is unknown; use mask (tight boxes of what each object "
                               "draws) or where (the glimpse boxes z_where).")
+        if not (0 < center_range <= 1):
+            raise ConfigError(f"model.center_range={center_range} must be in (0, 1] (cells; 1 is the reference's).")
         if not (_pow2(img_size) and img_size >= 32):
             raise ConfigError(f"data.img_size={img_size} is not supported: use a power of two >= 32 (e.g. 64 or 128).")
         for key, g in (("num_cell_h", num_cell_h), ("num_cell_w", num_cell_w)):
