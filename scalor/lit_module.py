@@ -17,6 +17,7 @@ from scalor.resume import step_seed
 from scalor.schedules import Curriculum, Schedule
 
 TERMS = ("log_like", "kl_what", "kl_where", "kl_depth", "kl_pres", "kl_bg")
+TRACKING_INFERENCE = ("deterministic", "sampled")
 PRESENCE_THRESHOLD = 0.5  # an object counts as predicted when its presence exceeds this (ARCHITECTURE.md §5)
 
 
@@ -37,6 +38,9 @@ class SCALORLitModule(L.LightningModule):
     optimiser (default: RMSprop, lr 4e-5, no scheduler). seed: with the global step, it reseeds torch's
     generator before every training step (exact resume, see scalor/resume.py). train_seq_len: train on random
     windows of this many frames of each batch (validation and test see whole sequences); None: whole ones.
+    tracking_inference: how validation and test infer the tracks that the tracking and counting metrics score:
+    ``deterministic`` (posterior means and u = 0.5 presence, as ``task=track`` tracks; one more, track-only
+    pass) or ``sampled`` (the posterior sample that the ELBO of the same pass uses).
 
     Loss: the batch mean of the negative ELBO per frame (SCALOR-SPEC §4.8). Logged per step: ``train/*`` loss
     and KL terms, object counts and ``schedule/*``; per epoch: ``val/*`` and ``test/*`` terms and, where the
@@ -46,7 +50,8 @@ class SCALORLitModule(L.LightningModule):
     def __init__(self, model: Mapping, curriculum: Optional[Mapping] = None,
                  optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
                  scheduler: Optional[Callable[..., Any]] = None, scheduler_interval: str = "step",
-                 seed: int = 0, train_seq_len: Optional[int] = None) -> None:
+                 seed: int = 0, train_seq_len: Optional[int] = None,
+                 tracking_inference: str = "deterministic") -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.model: SCALOR = _build(model, SCALOR)
@@ -56,6 +61,9 @@ class SCALORLitModule(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.seed = int(seed)
         self.train_seq_len = None if train_seq_len is None else int(train_seq_len)
+        if tracking_inference not in TRACKING_INFERENCE:
+            raise ValueError(f"tracking_inference={tracking_inference} is unknown; use one of {TRACKING_INFERENCE}.")
+        self.tracking_inference = tracking_inference
         self.mot = torch.nn.ModuleDict({"val": MOTMetrics(), "test": MOTMetrics()})
         self.counting = torch.nn.ModuleDict({"val": CountingMetrics(), "test": CountingMetrics()})
         self._has_gt = {"val": False, "test": False}
@@ -113,11 +121,22 @@ class SCALORLitModule(L.LightningModule):
         out = self.model(batch["video"], self.schedule())
         self._log_terms(stage, out, out.neg_elbo.mean(), on_step=False, on_epoch=True)
         if "boxes" in batch and "ids" in batch:
-            pred_ids = torch.where(out.presence > PRESENCE_THRESHOLD, out.ids, -1)
-            self.mot[stage].update(out.boxes, pred_ids, batch["boxes"], batch["ids"])
+            tracks = self.track(batch["video"]) if self.tracking_inference == "deterministic" else out
+            pred_ids = torch.where(tracks.presence > PRESENCE_THRESHOLD, tracks.ids, -1)
+            self.mot[stage].update(tracks.boxes, pred_ids, batch["boxes"], batch["ids"])
             self.counting[stage].update((pred_ids >= 0).sum(-1), (batch["ids"] >= 0).sum(-1))
             self._has_gt[stage] = True
         return out
+
+    def track(self, video: Tensor) -> SequenceOutput:
+        """Tracks of video (B,T,3,H,W) as ``task=track`` infers them: posterior means, track-only (boxes, IDs,
+        presence; no compositing, background or likelihood). The model's own flag comes back after."""
+        was = self.model.deterministic
+        self.model.deterministic = True
+        try:
+            return self.model(video, self.schedule(), track_only=True)
+        finally:
+            self.model.deterministic = was
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

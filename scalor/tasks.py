@@ -178,6 +178,9 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     clip = resolved.get("train_seq_len")
     if clip is not None and not (isinstance(clip, int) and clip >= 1):
         raise ConfigError(f"train_seq_len={clip} must be a number of frames >= 1 (or null: whole sequences).")
+    if resolved.get("tracking_inference", "deterministic") not in ("deterministic", "sampled"):
+        raise ConfigError(f"tracking_inference={resolved.get('tracking_inference')} is unknown; use deterministic "
+                          "(posterior means, as task=track) or sampled (the ELBO's posterior sample).")
     _check_trainer(resolved["trainer"])
     _check_monitor(resolved.get("monitor") or {})
     lr = (resolved.get("optimizer") or {}).get("lr")
@@ -363,6 +366,7 @@ def build_module(cfg: DictConfig) -> SCALORLitModule:
         curriculum=OmegaConf.to_container(cfg.curriculum, resolve=True),
         optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
         scheduler_interval=cfg.scheduler_interval, seed=cfg.seed, train_seq_len=cfg.get("train_seq_len"),
+        tracking_inference=cfg.get("tracking_inference", "deterministic"),
     )
 
 

@@ -146,6 +146,7 @@ BAD = [
     (["data.batch_size=0"], "data.batch_size=0"),
     (["train_seq_len=0"], "train_seq_len=0 must be a number of frames"),
     (["model.box_source=corners"], "model.box_source=corners is unknown"),
+    (["tracking_inference=greedy"], "tracking_inference=greedy is unknown"),
 ]
 if not torch.cuda.is_available():
     BAD += [(["strategy=ddp"], "strategy=ddp needs CUDA GPUs"), (["trainer=gpu"], "trainer=cpu")]

@@ -208,6 +208,28 @@ def test_training_clips_are_random_windows_of_the_batch(compose_cfg):
     assert build_module(compose_cfg()).training_clip(video) is video  # unset: whole sequences
 
 
+@pytest.mark.parametrize("mode", ["deterministic", "sampled"])
+def test_tracking_metrics_score_the_configured_inference(compose_cfg, mode):
+    module = build_module(compose_cfg(f"tracking_inference={mode}", "model.max_num_obj=4")).eval()
+    video = torch.rand(2, 3, 3, 64, 64)
+    batch = {"video": video, "boxes": torch.tensor([0.1, 0.1, 0.4, 0.4]).expand(2, 3, 1, 4).clone(),
+             "ids": torch.ones(2, 3, 1, dtype=torch.long)}
+    seen = []
+    module.mot["val"].update = lambda boxes, ids, *_: seen.append((boxes, ids))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        out = module._evaluate("val", batch)
+        torch.manual_seed(0)
+        again = module.model(video, module.schedule())  # the ELBO's pass is the sampled one either way
+        det = module.track(video)
+    assert torch.allclose(out.neg_elbo, again.neg_elbo)
+    assert not module.model.deterministic  # the flag comes back after the tracking pass
+    expected = det if mode == "deterministic" else out
+    boxes, ids = seen[0]
+    assert torch.equal(boxes, expected.boxes)
+    assert torch.equal(ids, torch.where(expected.presence > 0.5, expected.ids, -1))
+
+
 def test_wandb_offline_run_is_finished(compose_cfg, tmp_path):
     wandb = pytest.importorskip("wandb")
     cfg = compose_cfg("logger=wandb", "trainer.max_steps=1", "test_after_fit=false")

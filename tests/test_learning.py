@@ -86,7 +86,8 @@ def test_easy_experiment_learns_to_track(tmp_path):
 
     # Tracking with the trained weights as `task=track` does (deterministic inference, end-of-training
     # schedule): at least one object keeps one ID, matched to one and the same sprite, over whole sequences.
-    # (Measured: 0 such tracks after 50 steps, 23 after 100, 26 after 200, on these 16 test sequences.)
+    # (Measured on these 16 test sequences after 200 steps: 19 such tracks, and the negative ELBO fell from 8,728
+    # to -11,168 nats per frame; before duplicate rejection: 0 tracks after 50 steps, 23 after 100, 26 after 200.)
     model = load_model(run_dir / "checkpoints" / "last.ckpt")
     model.deterministic = True
     found = 0
@@ -95,4 +96,5 @@ def test_easy_experiment_learns_to_track(tmp_path):
             out = model(b["video"], inference_schedule(curriculum))
             ids = torch.where(out.presence > 0.5, out.ids, -1)
             found += persistent_tracks(out.boxes.numpy(), ids.numpy(), b["boxes"].numpy(), b["ids"].numpy())
+    print(f"test neg-ELBO {float(before):.0f} fresh -> {after:.0f} trained; persistent tracks: {found}")
     assert found >= 1, found
