@@ -50,7 +50,7 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 @contextmanager
-def _inference_mode(model: SCALOR, deterministic: bool | None):
+def inference_mode(model: SCALOR, deterministic: bool | None):
     """Eval mode, no gradients and (optionally) a deterministic flag; the model's settings come back after."""
     was_training, was_det = model.training, model.deterministic
     model.eval()
@@ -145,7 +145,7 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
     model_s = 0.0
     carry = None
     start = time.perf_counter()
-    with _inference_mode(model, deterministic=True), VideoWriter(mp4, fps) as writer:
+    with inference_mode(model, deterministic=True), VideoWriter(mp4, fps) as writer:
         for chunk in _windows(frames, int(window)):
             clip = np.stack([_check_frame(f, n_frames + i, img_hw) for i, f in enumerate(chunk)])
             video = torch.from_numpy(clip).to(dev)[None]  # (1, T, 3, H, W)
@@ -216,7 +216,7 @@ def generate_videos(model: SCALOR, video: Tensor | np.ndarray, out_dir: str | os
                           f"{t_len} frames; use 0 <= model.observe_frames < data.seq_len={t_len}.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _inference_mode(model, deterministic):
+    with inference_mode(model, deterministic):
         out = model(v.float().to(_device_of(model)), schedule or inference_schedule(), observe_frames=k)
     real = to_uint8_hwc(v.float())  # (B, T, H, W, 3)
     fake = to_uint8_hwc(out.recon.float().clamp(0, 1))

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from scalor.inference import inference_mode
 from scalor.metrics import CountingMetrics, MOTMetrics
 from scalor.model import SCALOR, SequenceOutput
 from scalor.resume import step_seed
@@ -121,7 +122,9 @@ class SCALORLitModule(L.LightningModule):
         out = self.model(batch["video"], self.schedule())
         self._log_terms(stage, out, out.neg_elbo.mean(), on_step=False, on_epoch=True)
         if "boxes" in batch and "ids" in batch:
-            tracks = self.track(batch["video"]) if self.tracking_inference == "deterministic" else out
+            # a second pass only where the first one sampled
+            second = self.tracking_inference == "deterministic" and not self.model.deterministic
+            tracks = self.track(batch["video"]) if second else out
             pred_ids = torch.where(tracks.presence > PRESENCE_THRESHOLD, tracks.ids, -1)
             self.mot[stage].update(tracks.boxes, pred_ids, batch["boxes"], batch["ids"])
             self.counting[stage].update((pred_ids >= 0).sum(-1), (batch["ids"] >= 0).sum(-1))
@@ -131,12 +134,8 @@ class SCALORLitModule(L.LightningModule):
     def track(self, video: Tensor) -> SequenceOutput:
         """Tracks of video (B,T,3,H,W) as ``task=track`` infers them: posterior means, track-only (boxes, IDs,
         presence; no compositing, background or likelihood). The model's own flag comes back after."""
-        was = self.model.deterministic
-        self.model.deterministic = True
-        try:
+        with inference_mode(self.model, deterministic=True):
             return self.model(video, self.schedule(), track_only=True)
-        finally:
-            self.model.deterministic = was
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from scalor.callbacks import AtomicCheckpointIO
 from scalor.errors import ConfigError, ScalorError
 from scalor.launch import use_job_command_for_ddp_workers
-from scalor.lit_module import SCALORLitModule
+from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule
 from scalor.model import SCALOR
 from scalor.resume import resumable_train_loader
 from scalor.summary import write_summary
@@ -178,7 +178,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     clip = resolved.get("train_seq_len")
     if clip is not None and not (isinstance(clip, int) and clip >= 1):
         raise ConfigError(f"train_seq_len={clip} must be a number of frames >= 1 (or null: whole sequences).")
-    if resolved.get("tracking_inference", "deterministic") not in ("deterministic", "sampled"):
+    if resolved.get("tracking_inference", "deterministic") not in TRACKING_INFERENCE:
         raise ConfigError(f"tracking_inference={resolved.get('tracking_inference')} is unknown; use deterministic "
                           "(posterior means, as task=track) or sampled (the ELBO's posterior sample).")
     _check_trainer(resolved["trainer"])

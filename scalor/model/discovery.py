@@ -179,15 +179,18 @@ class Discovery(nn.Module):
         glimpse = glimpse.view(b, k, 4, s, s)
         win = render_windows(glimpse, z_where, self.win_hw, self.img_hw)
 
-        # Accept-reject: a proposal whose binarised mask is mostly covered by propagated objects.
-        mask = (win.data[:, :, 3] > 0.3) & win.valid  # (B, K, wh, ww)
-        area = mask.flatten(2).sum(-1) + 1e-15
+        # Accept-reject: a proposal whose binarised mask is mostly covered by propagated objects (and, with
+        # reject_duplicates, by a more present proposal of the same frame).
+        dedup = self.reject_duplicates and not imagine
+        checked = reject or dedup
+        accept = torch.ones(b, k, dtype=torch.bool, device=alpha_prop.device)
+        if checked:
+            mask = (win.data[:, :, 3] > 0.3) & win.valid  # (B, K, wh, ww)
+            area = mask.flatten(2).sum(-1) + 1e-15
         if reject:
             covered = gather_windows(win, alpha_prop, self.img_hw)[:, :, 0] > 0.1
             accept = (mask & covered).flatten(2).sum(-1) / area < self.explained_ratio_threshold
-        else:
-            accept = torch.ones(b, k, dtype=torch.bool, device=alpha_prop.device)
-        if self.reject_duplicates and not imagine:
+        if dedup:
             accept = accept & (self._explained_by_stronger(win, mask, z_pres_relaxed.detach() * accept) / area
                                < self.explained_ratio_threshold)
         z_pres = z_pres_relaxed * accept
@@ -200,7 +203,6 @@ class Discovery(nn.Module):
         in_budget = torch.arange(k, device=order.device) < budget[:, None]
         z_pres = z_pres * torch.zeros_like(in_budget).scatter(1, order, in_budget)
 
-        checked = reject or (self.reject_duplicates and not imagine)
         p = z_pres_prior * accept + 1e-8 * (~accept) if checked else torch.full_like(logit, z_pres_prior)
         if imagine:
             kls = (zeros, zeros, zeros, zeros)
