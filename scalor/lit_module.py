@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from scalor.inference import inference_mode
-from scalor.metrics import CountingMetrics, MOTMetrics
+from scalor.metrics import CountingMetrics, ErrorBreakdown, MOTMetrics
 from scalor.model import SCALOR, SequenceOutput
 from scalor.resume import step_seed
 from scalor.schedules import Curriculum, Schedule
@@ -45,7 +45,9 @@ class SCALORLitModule(L.LightningModule):
 
     Loss: the batch mean of the negative ELBO per frame (SCALOR-SPEC §4.8). Logged per step: ``train/*`` loss
     and KL terms, object counts and ``schedule/*``; per epoch: ``val/*`` and ``test/*`` terms and, where the
-    batch has ground truth, the tracking (MOTMetrics) and counting (CountingMetrics) metrics.
+    batch has ground truth, the tracking (MOTMetrics) and counting (CountingMetrics) metrics, and at test
+    ``test/errors/*``: where the misses, false positives and count errors come from (ErrorBreakdown; batches
+    with ``hidden`` also separate the misses of objects hidden behind others).
     """
 
     def __init__(self, model: Mapping, curriculum: Optional[Mapping] = None,
@@ -67,6 +69,7 @@ class SCALORLitModule(L.LightningModule):
         self.tracking_inference = tracking_inference
         self.mot = torch.nn.ModuleDict({"val": MOTMetrics(), "test": MOTMetrics()})
         self.counting = torch.nn.ModuleDict({"val": CountingMetrics(), "test": CountingMetrics()})
+        self.errors = ErrorBreakdown()  # test only
         self._has_gt = {"val": False, "test": False}
         self._ckpt_step = 0  # optimiser steps of the last loaded checkpoint (schedule outside fit)
 
@@ -128,6 +131,8 @@ class SCALORLitModule(L.LightningModule):
             pred_ids = torch.where(tracks.presence > PRESENCE_THRESHOLD, tracks.ids, -1)
             self.mot[stage].update(tracks.boxes, pred_ids, batch["boxes"], batch["ids"])
             self.counting[stage].update((pred_ids >= 0).sum(-1), (batch["ids"] >= 0).sum(-1))
+            if stage == "test":
+                self.errors.update(tracks.boxes, pred_ids, batch["boxes"], batch["ids"], batch.get("hidden"))
             self._has_gt[stage] = True
         return out
 
@@ -148,6 +153,9 @@ class SCALORLitModule(L.LightningModule):
         if not self._has_gt[stage]:
             return
         values = {**self.mot[stage].compute(), **self.counting[stage].compute()}
+        if stage == "test":
+            values.update({f"errors/{k}": v for k, v in self.errors.compute().items()})
+            self.errors.reset()
         self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items()}, sync_dist=True)
         self.mot[stage].reset()
         self.counting[stage].reset()

@@ -143,6 +143,35 @@ def nll_from_tests(run_dir: Path, checkpoint: str | None) -> dict | None:
     return best
 
 
+ERRORS = "test/errors/"
+
+
+def error_lines(metrics: dict) -> list[str]:
+    """Tables of where the test errors come from (``test/errors/*``, scalor.metrics.ErrorBreakdown); none if the
+    run did not log them."""
+    e = {k[len(ERRORS):]: v for k, v in metrics.items() if k.startswith(ERRORS) and v is not None}
+    if "misses" not in e:
+        return []
+    n = lambda key: str(round(float(e.get(key, 0))))  # noqa: E731
+    counts = sorted(int(k.split("/")[1]) for k in e if k.startswith("by_gt/") and k.endswith("/frames"))
+    return [
+        "Where the test errors are (`test/errors/*`): misses of objects at least half hidden behind others, with "
+        "their centre inside a box matched to another object, inside a false positive (one object drawing two), "
+        "or with no box near; false positives holding two or more object centres (merges), one, or none; frames "
+        "whose count is off.", "",
+        "| misses | hidden | in a matched box | in a false positive | no box near | false positives | merges "
+        "| one centre | no centre |", "|" + "---|" * 9,
+        "| " + " | ".join(n(k) for k in ("misses", "misses/hidden", "misses/in_matched", "misses/in_unmatched",
+                                         "misses/free", "false_positives", "false_positives/merge",
+                                         "false_positives/one", "false_positives/empty")) + " |", "",
+        "| objects in the frame | " + " | ".join(str(k) for k in counts) + " | all |", "|" + "---|" * (len(counts) + 2),
+        "| frames | " + " | ".join(n(f"by_gt/{k}/frames") for k in counts) + f" | {n('frames')} |",
+        "| count too low | " + " | ".join(n(f"by_gt/{k}/under") for k in counts) + f" | {n('frames/under')} |",
+        "| count too high | " + " | ".join(n(f"by_gt/{k}/over") for k in counts) + f" | {n('frames/over')} |", "",
+        f"Of the {n('frames/under')} frames counted too low, {n('frames/under_hidden')} hold an object at least half "
+        f"hidden, {n('frames/under_first')} more are first frames and {n('frames/under_other')} are neither.", ""]
+
+
 def duration(seconds: float) -> str:
     minutes = seconds / 60
     return f"{minutes:.0f} min" if minutes >= 10 else f"{minutes:.1f} min"
@@ -155,6 +184,8 @@ def section(run_dir: Path, docs: Path) -> str:
     nll_run = None if metrics.get("test/nll") is not None else nll_from_tests(run_dir, summary.get("checkpoint"))
     if nll_run is not None:
         metrics["test/nll"] = nll_run["metrics"]["test/nll"]
+        if not any(k.startswith(ERRORS) for k in metrics):  # the breakdown of the same checkpoint
+            metrics.update({k: v for k, v in nll_run["metrics"].items() if k.startswith(ERRORS)})
     out = docs / "results" / name
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"### {name}", "", f"`{summary['command']}`", "",
@@ -165,6 +196,7 @@ def section(run_dir: Path, docs: Path) -> str:
              "| " + " | ".join(fmt(metrics.get(k)) for _, k in COLUMNS) + " |", ""]
     if nll_run is not None:
         lines += [f"NLL from `{nll_run['command']}` (the same checkpoint).", ""]
+    lines += error_lines(metrics)
     if plot_curves(history(run_dir), out / "curves.png", name):
         lines += [f"![{name} curves](results/{name}/curves.png)", ""]
     video = tracking_video(run_dir)

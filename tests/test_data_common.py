@@ -32,6 +32,7 @@ def make_dm(name: str, tmp_path: Path, **overrides):
 def check_ground_truth(dm, split: str) -> dict[str, int]:
     """Assert the cached video and ground truth of ``split`` equal a re-render of each scene, and that each GT box
     is exactly the bounding box of the object's pixels when it is rendered alone (no GT iff no pixel in frame).
+    The hidden fraction of each object is that of its pixels which objects later in the paint order draw too.
     Returns counts of what was seen (visible object-frames, occluded pixels, objects that entered or left)."""
     arrays = dm.datasets[split].arrays
     seen = {"visible": 0, "occluded_pixels": 0, "entered": 0, "left": 0}
@@ -39,15 +40,20 @@ def check_ground_truth(dm, split: str) -> dict[str, int]:
         scene = dm.make_scene(split, i)
         n = len(scene.sprites)
         assert (arrays["ids"][i, :, n:] == -1).all() and (arrays["boxes"][i, :, n:] == 0).all()
+        assert (arrays["hidden"][i, :, n:] == 0).all()
         for t in range(dm.seq_len):
             frame = scene.render(t)[0]
             np.testing.assert_array_equal(arrays["video"][i, t], frame.transpose(2, 0, 1))
+            masks = [scene.render(t, only=[k], with_background=False)[0].any(-1) for k in range(n)]
             for k in range(n):
-                alone = scene.render(t, only=[k], with_background=False)[0].any(-1)
+                alone = masks[k]
                 gt_id, box = arrays["ids"][i, t, k], arrays["boxes"][i, t, k]
                 if not alone.any():
-                    assert gt_id == -1 and (box == 0).all(), (i, t, k)
+                    assert gt_id == -1 and (box == 0).all() and arrays["hidden"][i, t, k] == 0, (i, t, k)
                     continue
+                in_front = list(scene.depth).index(k) + 1
+                front = np.any([masks[j] for j in scene.depth[in_front:]] + [np.zeros_like(alone)], axis=0)
+                assert arrays["hidden"][i, t, k] == pytest.approx((alone & front).sum() / alone.sum(), abs=1e-6)
                 rows, cols = np.flatnonzero(alone.any(1)), np.flatnonzero(alone.any(0))
                 expected = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]) / dm.img_size
                 assert gt_id == k, (i, t, k)
@@ -101,10 +107,13 @@ def test_experiment_box_anchors_reach_the_sprites(name, tmp_path):
     boxes = np.array([s.mask.shape for i in range(4) for s in dm.make_scene("train", i).sprites], float)  # (h, w)
     size, ratio = np.sqrt(boxes.prod(1)) / dm.img_size, boxes[:, 0] / boxes[:, 1]
     if model.box_source == "where":
-        fits = abs(size - model.size_anc) < model.var_s
-    else:
-        fits = size < model.size_anc + model.var_s
-    reach = (fits & (abs(ratio - model.ratio_anc) < model.var_anc)).mean()
+        fits = (abs(size - model.size_anc) < model.var_s) & (abs(ratio - model.ratio_anc) < model.var_anc)
+    else:  # some box (s, r) of the range has sx = s / sqrt(r) >= w and sy = s * sqrt(r) >= h
+        s_max, (h, w) = model.size_anc + model.var_s, (boxes / dm.img_size).T
+        low, high = np.maximum(model.ratio_anc - model.var_anc, (h / s_max) ** 2), \
+            np.minimum(model.ratio_anc + model.var_anc, (s_max / w) ** 2)
+        fits = low <= high
+    reach = fits.mean()
     assert reach >= (0.95 if name.startswith("mnist") else 0.99), reach
 
 

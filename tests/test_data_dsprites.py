@@ -22,8 +22,10 @@ def test_batch_contract(tmp_path):
     dm.setup("fit")
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 3, "val": 1, "test": 2}
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"video", "boxes", "ids"}
+    assert set(batch) == {"video", "boxes", "ids", "hidden"}
     video, boxes, ids = batch["video"], batch["boxes"], batch["ids"]
+    assert batch["hidden"].shape == ids.shape and batch["hidden"].dtype == torch.float32
+    assert ((batch["hidden"] >= 0) & (batch["hidden"] <= 1)).all() and (batch["hidden"][ids < 0] == 0).all()
     assert video.shape == (2, 4, 3, 32, 32) and video.dtype == torch.float32
     assert boxes.shape == (2, 4, 3, 4) and boxes.dtype == torch.float32
     assert ids.shape == (2, 4, 3) and ids.dtype == torch.int64
@@ -146,3 +148,17 @@ def test_root_that_is_a_file_is_a_data_error(tmp_path):
     dm = DSpritesDataModule(root=str(tmp_path / "file"), **TINY)
     with pytest.raises(DataError, match="data.root"):
         dm.validate()
+
+
+def test_hidden_fraction_of_overlapping_objects():
+    from scalor.datamodules.base import Scene, Sprite
+
+    square = Sprite(np.full((4, 4, 3), 200, np.uint8), np.ones((4, 4), bool))
+    # object 0 at (0, 0), object 1 half over it at (2, 0) and painted after it, object 2 born at t = 1
+    corners = np.array([[[0, 0], [2, 0], [10, 10]], [[0, 0], [4, 0], [10, 10]]])
+    scene = Scene([square, square, square], corners, births=np.array([0, 0, 1]), depth=np.array([0, 1, 2]),
+                  img_size=16)
+    np.testing.assert_allclose(scene.hidden(0), [0.5, 0.0, 0.0])  # half of object 0 is under object 1
+    np.testing.assert_allclose(scene.hidden(1), [0.0, 0.0, 0.0])  # side by side; object 2 overlaps nothing
+    scene.depth = np.array([1, 0, 2])  # object 0 in front now
+    np.testing.assert_allclose(scene.hidden(0), [0.0, 0.5, 0.0])

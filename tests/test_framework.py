@@ -3,6 +3,7 @@ guard keeps the last good checkpoint, checkpoints are written atomically, resuma
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -59,6 +60,10 @@ def test_fit_then_test_and_resume_from_last(compose_cfg, tmp_path, capsys):
     assert (out_dir / "csv" / "version_0" / "metrics.csv").is_file()
     out = capsys.readouterr().out
     assert "task=fit finished" in out and "test/mota" in out and "checkpoints" in out and "media" in out
+    summary = json.loads((out_dir / "summary.json").read_text())["metrics"]
+    kinds = ("hidden", "in_matched", "in_unmatched", "free")  # the breakdown adds up to the tracking metric's misses
+    assert sum(summary[f"test/errors/misses/{k}"] for k in kinds) == summary["test/errors/misses"] == summary["test/misses"]
+    assert summary["test/errors/false_positives"] == summary["test/false_positives"]
     state = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["global_step"] == 4 and state["hyper_parameters"]["model"]["num_cell_h"] == 4
     metrics = (out_dir / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]

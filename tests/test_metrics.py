@@ -405,3 +405,60 @@ def test_ddp_reduction_equals_single_process(tmp_path, monkeypatch):
     half = MOTMetrics()
     half.update(*(x[0::2] for x in data[:4]))
     assert float(half.compute()["num_gt"]) < float(want["num_gt"])
+
+
+def _boxes(rows: list[list[float]], n: int) -> np.ndarray:
+    out = np.zeros((n, 4), np.float32)
+    out[: len(rows)] = rows
+    return out
+
+
+def test_error_breakdown_classifies_each_miss_and_false_positive():
+    from scalor.metrics import ErrorBreakdown
+
+    # frame 0: A, B touching (one unmatched prediction draws both), C matched, F overlapping C (its centre lies in
+    # C's matched box), D hidden behind others, E with nothing near it; frame 1: C alone, matched
+    gt0 = [[0, 0, .1, .1], [.1, 0, .2, .1], [.5, .5, .6, .6], [.8, .8, .9, .9], [.3, .3, .4, .4], [.52, .52, .58, .58]]
+    pred0 = [[0, 0, .21, .1], [.5, .5, .6, .6], [.7, .1, .8, .2]]
+    gt_boxes = torch.from_numpy(np.stack([_boxes(gt0, 6), _boxes([gt0[2]], 6)]))[None]
+    gt_ids = torch.tensor([[[0, 1, 2, 3, 4, 5], [2, -1, -1, -1, -1, -1]]])
+    pred_boxes = torch.from_numpy(np.stack([_boxes(pred0, 3), _boxes([pred0[1]], 3)]))[None]
+    pred_ids = torch.tensor([[[7, 8, 9], [8, -1, -1]]])
+    hidden = torch.zeros(1, 2, 6)
+    hidden[0, 0, 3] = 0.6
+
+    metric = ErrorBreakdown()
+    metric.update(pred_boxes, pred_ids, gt_boxes, gt_ids, hidden)
+    got = {k: int(v) for k, v in metric.compute().items()}
+    assert got["misses/hidden"] == 1 and got["misses/in_matched"] == 1 and got["misses/in_unmatched"] == 2
+    assert got["misses/free"] == 1 and got["misses"] == 5
+    assert got["false_positives/merge"] == 1 and got["false_positives/empty"] == 1
+    assert got["false_positives/one"] == 0 and got["false_positives"] == 2
+    assert got["frames"] == 2 and got["frames/exact"] == 1 and got["frames/under"] == 1
+    assert got["frames/under_hidden"] == 1 and got["frames/under_other"] == 0 and got["frames/over"] == 0
+    assert got["by_gt/6/frames"] == 1 and got["by_gt/6/under"] == 1 and got["by_gt/1/frames"] == 1
+    assert "by_gt/2/frames" not in got
+
+    metric.reset()
+    metric.update(pred_boxes, pred_ids, gt_boxes, gt_ids)  # without hidden fractions D has nothing near it
+    got = {k: int(v) for k, v in metric.compute().items()}
+    assert got["misses/hidden"] == 0 and got["misses/free"] == 2 and got["frames/under_first"] == 1
+
+
+def test_error_breakdown_totals_equal_the_tracking_metrics():
+    from scalor.metrics import ErrorBreakdown
+
+    rng = np.random.default_rng(3)
+    b, t, m, n = 4, 6, 5, 7
+    xy = rng.uniform(0, 0.8, (b, t, m, 2))
+    gt_boxes = torch.from_numpy(np.concatenate([xy, xy + rng.uniform(0.05, 0.2, (b, t, m, 2))], -1))
+    gt_ids = torch.from_numpy(np.where(rng.random((b, t, m)) < 0.8, np.arange(m), -1))
+    pred_boxes = torch.cat([gt_boxes, gt_boxes[:, :, :2]], 2) + torch.from_numpy(rng.normal(0, 0.03, (b, t, n, 4)))
+    pred_ids = torch.from_numpy(np.where(rng.random((b, t, n)) < 0.7, np.arange(n) + 10, -1))
+    errors, mot = ErrorBreakdown(), MOTMetrics()
+    errors.update(pred_boxes, pred_ids, gt_boxes, gt_ids)
+    mot.update(pred_boxes, pred_ids, gt_boxes, gt_ids)
+    e, ref = errors.compute(), mot.compute()
+    assert int(e["misses"]) == int(ref["misses"]) > 0
+    assert int(e["false_positives"]) == int(ref["false_positives"]) > 0
+    assert int(e["frames"]) == b * t

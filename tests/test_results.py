@@ -44,7 +44,13 @@ def test_results_page_from_run_folders(tmp_path):
     run = fake_run(outputs, "easy", "b", checkpoint=ckpt, finished="2026-01-02 00:00:00",
                    metrics={"test/mota": 0.5, "test/motp": 0.8, "test/idf1": 0.7, "test/id_switches": 3.0,
                             "test/count_acc": 0.6, "test/neg_elbo": -15000.0})
-    fake_run(outputs, "easy", "c", task="test", checkpoint=ckpt, metrics={"test/nll": 1234.5})
+    errors = {"misses": 9, "misses/hidden": 1, "misses/in_matched": 2, "misses/in_unmatched": 4, "misses/free": 2,
+              "false_positives": 5, "false_positives/merge": 3, "false_positives/one": 2, "false_positives/empty": 0,
+              "frames": 20, "frames/under": 6, "frames/under_hidden": 1, "frames/under_first": 2,
+              "frames/under_other": 3, "frames/over": 1, "by_gt/1/frames": 8, "by_gt/1/under": 0, "by_gt/1/over": 1,
+              "by_gt/3/frames": 12, "by_gt/3/under": 6, "by_gt/3/over": 0}
+    fake_run(outputs, "easy", "c", task="test", checkpoint=ckpt,
+             metrics={"test/nll": 1234.5, **{f"test/errors/{k}": float(v) for k, v in errors.items()}})
     (run / "csv" / "version_0").mkdir(parents=True)
     (run / "csv" / "version_0" / "metrics.csv").write_text(
         "step,train/neg_elbo,val/neg_elbo,val/mota\n0,-100,,\n5,-200,,\n5,,-210,0.3\n")
@@ -65,6 +71,9 @@ def test_results_page_from_run_folders(tmp_path):
     assert page.startswith("# R\n\nintro\n") and page.rstrip().endswith("tail") and "OLD-TABLE" not in page
     assert "| 0.500 | 0.800 | 0.700 | 3 | 0.600 | 1234 | -15000 |" in page  # newest fit run, NLL from its test
     assert "40 optimiser steps" in page and "`python" in page
+    assert "| 9 | 1 | 2 | 4 | 2 | 5 | 3 | 2 | 0 |" in page  # the error breakdown, from the test of the checkpoint
+    assert "| objects in the frame | 1 | 3 | all |" in page and "| count too low | 0 | 6 | 6 |" in page
+    assert "Of the 6 frames counted too low, 1 hold" in page
     for name in ("curves.png", "tracking.png", "tracking.avi"):
         assert (docs / "results" / "easy" / name).is_file(), name
     assert cv2.imread(str(docs / "results" / "easy" / "tracking.png")).shape[:2] == (16, 5 * 32)

@@ -2,7 +2,9 @@
 image I/O with one-line errors, and the moving-sprites scene engine behind the generated sets (dSprites, MNIST).
 
 Batches are dicts: ``video`` float32 (B, T, 3, H, W) in [0, 1]; with ground truth also ``boxes`` float32
-(B, T, N, 4) as normalised (x1, y1, x2, y2) and ``ids`` int64 (B, T, N), -1 (and a zero box) for padding.
+(B, T, N, 4) as normalised (x1, y1, x2, y2) and ``ids`` int64 (B, T, N), -1 (and a zero box) for padding;
+generated sets add ``hidden`` float32 (B, T, N), the fraction of each object's pixels that objects in front of
+it paint over (0 for padding).
 """
 
 from __future__ import annotations
@@ -118,8 +120,8 @@ class MemmapDataset(Dataset):
 
 
 class CachedSequences(MemmapDataset):
-    """Generated sequences: ``video.npy`` uint8 (S, T, 3, H, W), ``boxes.npy`` float32 (S, T, N, 4) and
-    ``ids.npy`` int64 (S, T, N) (the last two optional)."""
+    """Generated sequences: ``video.npy`` uint8 (S, T, 3, H, W), ``boxes.npy`` float32 (S, T, N, 4),
+    ``ids.npy`` int64 (S, T, N) and ``hidden.npy`` float32 (S, T, N) (all but the video optional)."""
 
     def __init__(self, folder: str | Path) -> None:
         super().__init__(folder)
@@ -134,6 +136,8 @@ class CachedSequences(MemmapDataset):
         if "boxes" in a:
             item["boxes"] = torch.from_numpy(np.array(a["boxes"][i], dtype=np.float32))
             item["ids"] = torch.from_numpy(np.array(a["ids"][i], dtype=np.int64))
+        if "hidden" in a:
+            item["hidden"] = torch.from_numpy(np.array(a["hidden"][i], dtype=np.float32))
         return item
 
 
@@ -364,22 +368,47 @@ class Scene:
         boxes, visible = np.zeros((n, 4), np.float32), np.zeros(n, bool)
         keep = None if only is None else set(only)
         for k in self.depth:
-            if t < self.births[k] or (keep is not None and k not in keep):
+            if keep is not None and k not in keep:
                 continue
-            sprite, (x, y) = self.sprites[k], self.corners[t, k]
-            h, w = sprite.mask.shape
-            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, size), min(y + h, size)
-            if x0 >= x1 or y0 >= y1:
+            placed = self._placement(t, k)
+            if placed is None:
                 continue
-            window = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
-            mask = sprite.mask[window]
+            (x0, y0, x1, y1), window, mask = placed
             rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-            if rows.size == 0:
-                continue
-            canvas[y0:y1, x0:x1][mask] = sprite.rgb[window][mask]
+            canvas[y0:y1, x0:x1][mask] = self.sprites[k].rgb[window][mask]
             boxes[k] = (x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1)
             visible[k] = True
         return canvas, boxes / size, visible
+
+    def hidden(self, t: int) -> np.ndarray:
+        """float (n,): the fraction of each object's drawn pixels in frame t that objects in front of it paint
+        over (0 for an object that is not in the frame)."""
+        owner = np.full((self.img_size, self.img_size), -1)
+        drawn = {}
+        for k in self.depth:
+            placed = self._placement(t, k)
+            if placed is not None:
+                (x0, y0, x1, y1), _, mask = placed
+                drawn[k] = (slice(y0, y1), slice(x0, x1), mask)
+                owner[y0:y1, x0:x1][mask] = k
+        out = np.zeros(len(self.sprites))
+        for k, (rows, cols, mask) in drawn.items():
+            out[k] = 1.0 - (owner[rows, cols][mask] == k).mean()
+        return out
+
+    def _placement(self, t: int, k: int) -> tuple[tuple[int, int, int, int], tuple[slice, slice], np.ndarray] | None:
+        """Where object k is drawn in frame t: its (x0, y0, x1, y1) in the frame, the matching window of its
+        sprite and the sprite mask there; None before its birth or when no pixel of it is in the frame."""
+        if t < self.births[k]:
+            return None
+        sprite, (x, y), size = self.sprites[k], self.corners[t, k], self.img_size
+        h, w = sprite.mask.shape
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, size), min(y + h, size)
+        if x0 >= x1 or y0 >= y1:
+            return None
+        window = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
+        mask = sprite.mask[window]
+        return ((x0, y0, x1, y1), window, mask) if mask.any() else None
 
 
 def simulate_motion(rng: np.random.Generator, sizes: np.ndarray, births: np.ndarray, from_border: np.ndarray,
@@ -438,7 +467,7 @@ class SpriteSceneDataModule(BaseDataModule):
 
     has_ground_truth = True
     name = "sprites"
-    GENERATOR_VERSION = 1
+    GENERATOR_VERSION = 2  # 2: hidden.npy (the hidden fraction of every object)
 
     def __init__(self, root: str, img_size: int = 64, seq_len: int = 10, batch_size: int = 16,
                  num_workers: int = 0, pin_memory: bool | None = None, num_train: int = 1000, num_val: int = 50,
@@ -529,6 +558,7 @@ class SpriteSceneDataModule(BaseDataModule):
             boxes = open_memmap(tmp / "boxes.npy", "w+", np.float32, (count, T, N, 4))
             ids = open_memmap(tmp / "ids.npy", "w+", np.int64, (count, T, N))
             labels = open_memmap(tmp / "labels.npy", "w+", np.int64, (count, N))
+            hidden = open_memmap(tmp / "hidden.npy", "w+", np.float32, (count, T, N))
             for i in progress(range(count), count, f"{self.name} {split}"):
                 scene = self.make_scene(split, i)
                 n = len(scene.sprites)
@@ -538,9 +568,10 @@ class SpriteSceneDataModule(BaseDataModule):
                     frame, boxes[i, t, :n], visible = scene.render(t)
                     video[i, t] = frame.transpose(2, 0, 1)
                     ids[i, t, :n] = np.where(visible, np.arange(n), -1)
-            for array in (video, boxes, ids, labels):
+                    hidden[i, t, :n] = scene.hidden(t)
+            for array in (video, boxes, ids, labels, hidden):
                 array.flush()
-            del video, boxes, ids, labels
+            del video, boxes, ids, labels, hidden
 
     def validate(self) -> None:
         self.check_settings()

@@ -70,13 +70,15 @@ def _check_unique(ids: np.ndarray, what: str, t: int) -> None:
 
 
 def match_sequence(
-    pred_boxes: np.ndarray, pred_ids: np.ndarray, gt_boxes: np.ndarray, gt_ids: np.ndarray
+    pred_boxes: np.ndarray, pred_ids: np.ndarray, gt_boxes: np.ndarray, gt_ids: np.ndarray,
+    record: list | None = None,
 ) -> dict[str, float]:
     """Match one sequence: pred (T, N, 4), (T, N); gt (T, M, 4), (T, M); negative IDs are ignored.
 
     Returns the sums this sequence contributes: num_gt, num_pred, num_detections (matches including
     switches), id_switches, false_positives, misses, iou_sum (over detections), num_gt_tracks,
-    mostly_tracked, partially_tracked, mostly_lost, idtp.
+    mostly_tracked, partially_tracked, mostly_lost, idtp. A list passed as ``record`` receives, per frame,
+    the matched slots as a pair of bool arrays (gt (M,), pred (N,)).
     """
     T = gt_ids.shape[0]
     dist_all = 1.0 - box_iou_np(gt_boxes, pred_boxes)  # (T, M, N)
@@ -105,6 +107,8 @@ def match_sequence(
         if no == 0 or nh == 0:
             n_miss += no
             n_fp += nh
+            if record is not None:
+                record.append((np.zeros(gt_ids.shape[1], bool), np.zeros(pred_ids.shape[1], bool)))
             continue
 
         dist = dist_all[t][np.ix_(gsel, psel)].copy()
@@ -148,6 +152,10 @@ def match_sequence(
         n_det += len(matched)
         n_miss += int((~o_done).sum())
         n_fp += int((~h_done).sum())
+        if record is not None:
+            gt_hit, pred_hit = np.zeros(gt_ids.shape[1], bool), np.zeros(pred_ids.shape[1], bool)
+            gt_hit[gsel[o_done]], pred_hit[psel[h_done]] = True, True
+            record.append((gt_hit, pred_hit))
 
     ratios = [gt_tracked.get(o, 0) / n for o, n in gt_frames.items()]
     mostly_tracked = sum(r >= 0.8 for r in ratios)

@@ -1,0 +1,112 @@
+"""Where the tracking errors come from, as a ``torchmetrics.Metric`` with sum states (exact under DDP).
+
+Frames, misses and false positives are matched exactly as ``MOTMetrics`` matches them (IoU >= 0.5, the same
+per-frame assignment), then classified by geometry:
+
+- a **miss** (ground-truth box without a match) is ``hidden`` when objects in front of it paint over at least
+  ``hidden_threshold`` of its pixels (only when ``gt_hidden`` is given), else ``in_matched`` when its centre lies
+  inside a predicted box matched to another object (overlapping objects), ``in_unmatched`` when its centre lies
+  inside a false positive (typically one object drawing two touching objects), else ``free`` (nothing there);
+- a **false positive** is a ``merge`` when two or more ground-truth centres lie inside it, ``one`` with one
+  (a misplaced or duplicate box), ``empty`` with none;
+- a frame whose predicted count is below the ground truth is ``under`` and, by its likely cause, ``under_hidden``
+  (some object at least ``hidden_threshold`` hidden), else ``under_first`` (first frame), else ``under_other``;
+  one above is ``over``. Frames and count errors are also kept per ground-truth count (``by_gt``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from scalor.metrics.tracking import match_sequence
+
+__all__ = ["ErrorBreakdown"]
+
+MISS_KINDS = ("hidden", "in_matched", "in_unmatched", "free")
+FP_KINDS = ("merge", "one", "empty")
+FRAME_KINDS = ("exact", "under", "under_hidden", "under_first", "under_other", "over")
+
+
+def _centres_inside(centres: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """centres (M, 2), boxes (N, 4) as (x1, y1, x2, y2) -> bool (M, N): centre m inside box n."""
+    x, y = centres[:, None, 0], centres[:, None, 1]
+    return (boxes[None, :, 0] <= x) & (x <= boxes[None, :, 2]) & (boxes[None, :, 1] <= y) & (y <= boxes[None, :, 3])
+
+
+class ErrorBreakdown(Metric):
+    """Counts of misses, false positives and count errors by kind (module docstring).
+
+    ``update(pred_boxes, pred_ids, gt_boxes, gt_ids, gt_hidden=None)``: pred (B, T, N, 4), (B, T, N); gt (B, T, M, 4),
+    (B, T, M) as ``MOTMetrics`` takes them (negative IDs ignored); gt_hidden (B, T, M) the hidden fraction of each
+    ground-truth object. ``compute()`` returns 0-d int64 tensors ``frames``, ``frames/<kind>``, ``misses``,
+    ``misses/<kind>``, ``false_positives``, ``false_positives/<kind>`` and, per ground-truth count k present,
+    ``by_gt/<k>/frames``, ``by_gt/<k>/under``, ``by_gt/<k>/over``.
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    def __init__(self, hidden_threshold: float = 0.5, max_count: int = 64, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.hidden_threshold = hidden_threshold
+        self.max_count = max_count
+        for name, kinds in (("frames", FRAME_KINDS), ("misses", MISS_KINDS), ("false_positives", FP_KINDS)):
+            self.add_state(name, default=torch.zeros(len(kinds), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("by_gt", default=torch.zeros(max_count + 1, 3, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, pred_boxes, pred_ids, gt_boxes, gt_ids, gt_hidden=None) -> None:
+        pb, pi = np.asarray(torch.as_tensor(pred_boxes).cpu(), np.float64), np.asarray(torch.as_tensor(pred_ids).cpu())
+        gb, gi = np.asarray(torch.as_tensor(gt_boxes).cpu(), np.float64), np.asarray(torch.as_tensor(gt_ids).cpu())
+        hidden = None if gt_hidden is None else np.asarray(torch.as_tensor(gt_hidden).cpu(), np.float64)
+        frames, misses, fps = np.zeros(len(FRAME_KINDS), np.int64), np.zeros(len(MISS_KINDS), np.int64), \
+            np.zeros(len(FP_KINDS), np.int64)
+        by_gt = np.zeros((self.max_count + 1, 3), np.int64)
+        for b in range(gi.shape[0]):
+            record: list = []
+            match_sequence(pb[b], pi[b], gb[b], gi[b], record=record)
+            for t, (gt_hit, pred_hit) in enumerate(record):
+                g_on, p_on = gi[b, t] >= 0, pi[b, t] >= 0
+                g_box = gb[b, t]
+                centres = (g_box[:, :2] + g_box[:, 2:]) / 2
+                inside = _centres_inside(centres, pb[b, t]) & g_on[:, None] & p_on[None, :]  # (M, N)
+                is_hidden = (np.zeros_like(g_on) if hidden is None
+                             else hidden[b, t] >= self.hidden_threshold) & g_on
+                for m in np.flatnonzero(g_on & ~gt_hit):
+                    if is_hidden[m]:
+                        misses[0] += 1
+                    elif (inside[m] & pred_hit).any():
+                        misses[1] += 1
+                    elif inside[m].any():
+                        misses[2] += 1
+                    else:
+                        misses[3] += 1
+                for n in np.flatnonzero(p_on & ~pred_hit):
+                    fps[max(0, 2 - int(inside[:, n].sum()))] += 1  # >= 2 centres: merge, 1: one, 0: empty
+                n_gt, n_pred = int(g_on.sum()), int(p_on.sum())
+                k = min(n_gt, self.max_count)
+                by_gt[k, 0] += 1
+                if n_pred == n_gt:
+                    frames[0] += 1
+                elif n_pred < n_gt:
+                    frames[1] += 1
+                    frames[2 if is_hidden.any() else 3 if t == 0 else 4] += 1
+                    by_gt[k, 1] += 1
+                else:
+                    frames[5] += 1
+                    by_gt[k, 2] += 1
+        self.frames += torch.from_numpy(frames).to(self.frames.device)
+        self.misses += torch.from_numpy(misses).to(self.misses.device)
+        self.false_positives += torch.from_numpy(fps).to(self.false_positives.device)
+        self.by_gt += torch.from_numpy(by_gt).to(self.by_gt.device)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        out = {"frames": self.by_gt[:, 0].sum(), "misses": self.misses.sum(),
+               "false_positives": self.false_positives.sum()}
+        for name, kinds in (("frames", FRAME_KINDS), ("misses", MISS_KINDS), ("false_positives", FP_KINDS)):
+            out.update({f"{name}/{kind}": getattr(self, name)[i] for i, kind in enumerate(kinds)})
+        for k in torch.nonzero(self.by_gt[:, 0]).flatten().tolist():
+            out.update({f"by_gt/{k}/{what}": self.by_gt[k, i] for i, what in enumerate(("frames", "under", "over"))})
+        return out
