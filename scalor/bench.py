@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scalor.errors import ScalorError
+from scalor.summary import hardware
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -156,6 +157,7 @@ def run_bench(cfg: DictConfig) -> dict:
         "baseline_rss_mb": round(baseline_rss, 1),
         "lightning_imported": "lightning" in sys.modules,
         "device": str(device),
+        "hardware": hardware(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "config": {

@@ -28,6 +28,7 @@ def test_bench_prints_json_last(mode):
     # The measured process holds the model and its input, not the framework (the input is drawn in a child).
     assert result["lightning_imported"] is False and 0 < result["baseline_rss_mb"] <= result["peak_rss_mb"]
     assert result["config"]["precision"] == "32-true"
+    assert "CPU cores" in result["hardware"] or "x " in result["hardware"]  # the machine it was measured on
     # bench.profile: the top operators of one extra, untimed step
     rows = result["profile"]
     assert len(rows) == 5 and all(r["op"] and 0 < r["self_pct"] <= 100 for r in rows)
