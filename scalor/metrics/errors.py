@@ -75,27 +75,22 @@ class ErrorBreakdown(Metric):
                 is_hidden = (np.zeros_like(g_on) if hidden is None
                              else hidden[b, t] >= self.hidden_threshold) & g_on
                 for m in np.flatnonzero(g_on & ~gt_hit):
-                    if is_hidden[m]:
-                        misses[0] += 1
-                    elif (inside[m] & pred_hit).any():
-                        misses[1] += 1
-                    elif inside[m].any():
-                        misses[2] += 1
-                    else:
-                        misses[3] += 1
+                    kind = ("hidden" if is_hidden[m] else "in_matched" if (inside[m] & pred_hit).any()
+                            else "in_unmatched" if inside[m].any() else "free")
+                    misses[MISS_KINDS.index(kind)] += 1
                 for n in np.flatnonzero(p_on & ~pred_hit):
-                    fps[max(0, 2 - int(inside[:, n].sum()))] += 1  # >= 2 centres: merge, 1: one, 0: empty
+                    fps[FP_KINDS.index(("empty", "one", "merge")[min(2, int(inside[:, n].sum()))])] += 1
                 n_gt, n_pred = int(g_on.sum()), int(p_on.sum())
                 k = min(n_gt, self.max_count)
                 by_gt[k, 0] += 1
                 if n_pred == n_gt:
-                    frames[0] += 1
+                    frames[FRAME_KINDS.index("exact")] += 1
                 elif n_pred < n_gt:
-                    frames[1] += 1
-                    frames[2 if is_hidden.any() else 3 if t == 0 else 4] += 1
+                    cause = "under_hidden" if is_hidden.any() else "under_first" if t == 0 else "under_other"
+                    frames[[FRAME_KINDS.index("under"), FRAME_KINDS.index(cause)]] += 1
                     by_gt[k, 1] += 1
                 else:
-                    frames[5] += 1
+                    frames[FRAME_KINDS.index("over")] += 1
                     by_gt[k, 2] += 1
         self.frames += torch.from_numpy(frames).to(self.frames.device)
         self.misses += torch.from_numpy(misses).to(self.misses.device)
