@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from scalor.metrics.tracking import match_sequence
+from scalor.metrics.tracking import as_numpy, match_sequence
 
 __all__ = ["ErrorBreakdown"]
 
 MISS_KINDS = ("hidden", "in_matched", "in_unmatched", "free")
 FP_KINDS = ("merge", "one", "empty")
-FRAME_KINDS = ("exact", "under", "under_hidden", "under_first", "under_other", "over")
+UNDER_CAUSES = ("under_hidden", "under_first", "under_other")
+COUNTS = ("frames", "under", "over")  # per ground-truth count
 
 
 def _centres_inside(centres: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -53,17 +54,18 @@ class ErrorBreakdown(Metric):
         super().__init__(**kwargs)
         self.hidden_threshold = hidden_threshold
         self.max_count = max_count
-        for name, kinds in (("frames", FRAME_KINDS), ("misses", MISS_KINDS), ("false_positives", FP_KINDS)):
-            self.add_state(name, default=torch.zeros(len(kinds), dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("by_gt", default=torch.zeros(max_count + 1, 3, dtype=torch.int64), dist_reduce_fx="sum")
+        for name, size in (("misses", len(MISS_KINDS)), ("false_positives", len(FP_KINDS)),
+                           ("under_causes", len(UNDER_CAUSES))):
+            self.add_state(name, default=torch.zeros(size, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("by_gt", default=torch.zeros(max_count + 1, len(COUNTS), dtype=torch.int64),
+                       dist_reduce_fx="sum")
 
     def update(self, pred_boxes, pred_ids, gt_boxes, gt_ids, gt_hidden=None) -> None:
-        pb, pi = np.asarray(torch.as_tensor(pred_boxes).cpu(), np.float64), np.asarray(torch.as_tensor(pred_ids).cpu())
-        gb, gi = np.asarray(torch.as_tensor(gt_boxes).cpu(), np.float64), np.asarray(torch.as_tensor(gt_ids).cpu())
-        hidden = None if gt_hidden is None else np.asarray(torch.as_tensor(gt_hidden).cpu(), np.float64)
-        frames, misses, fps = np.zeros(len(FRAME_KINDS), np.int64), np.zeros(len(MISS_KINDS), np.int64), \
-            np.zeros(len(FP_KINDS), np.int64)
-        by_gt = np.zeros((self.max_count + 1, 3), np.int64)
+        pb, pi = as_numpy(pred_boxes, np.float64), as_numpy(pred_ids, np.int64)
+        gb, gi = as_numpy(gt_boxes, np.float64), as_numpy(gt_ids, np.int64)
+        hidden = None if gt_hidden is None else as_numpy(gt_hidden, np.float64)
+        misses, fps = np.zeros(len(MISS_KINDS), np.int64), np.zeros(len(FP_KINDS), np.int64)
+        causes, by_gt = np.zeros(len(UNDER_CAUSES), np.int64), np.zeros((self.max_count + 1, len(COUNTS)), np.int64)
         for b in range(gi.shape[0]):
             record: list = []
             match_sequence(pb[b], pi[b], gb[b], gi[b], record=record)
@@ -81,27 +83,26 @@ class ErrorBreakdown(Metric):
                 for n in np.flatnonzero(p_on & ~pred_hit):
                     fps[FP_KINDS.index(("empty", "one", "merge")[min(2, int(inside[:, n].sum()))])] += 1
                 n_gt, n_pred = int(g_on.sum()), int(p_on.sum())
-                k = min(n_gt, self.max_count)
-                by_gt[k, 0] += 1
-                if n_pred == n_gt:
-                    frames[FRAME_KINDS.index("exact")] += 1
-                elif n_pred < n_gt:
+                row = by_gt[min(n_gt, self.max_count)]
+                row[COUNTS.index("frames")] += 1
+                if n_pred < n_gt:
+                    row[COUNTS.index("under")] += 1
                     cause = "under_hidden" if is_hidden.any() else "under_first" if t == 0 else "under_other"
-                    frames[[FRAME_KINDS.index("under"), FRAME_KINDS.index(cause)]] += 1
-                    by_gt[k, 1] += 1
-                else:
-                    frames[FRAME_KINDS.index("over")] += 1
-                    by_gt[k, 2] += 1
-        self.frames += torch.from_numpy(frames).to(self.frames.device)
-        self.misses += torch.from_numpy(misses).to(self.misses.device)
-        self.false_positives += torch.from_numpy(fps).to(self.false_positives.device)
-        self.by_gt += torch.from_numpy(by_gt).to(self.by_gt.device)
+                    causes[UNDER_CAUSES.index(cause)] += 1
+                elif n_pred > n_gt:
+                    row[COUNTS.index("over")] += 1
+        for name, value in (("misses", misses), ("false_positives", fps), ("under_causes", causes),
+                            ("by_gt", by_gt)):
+            state = getattr(self, name)
+            state += torch.from_numpy(value).to(state.device)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        out = {"frames": self.by_gt[:, 0].sum(), "misses": self.misses.sum(),
-               "false_positives": self.false_positives.sum()}
-        for name, kinds in (("frames", FRAME_KINDS), ("misses", MISS_KINDS), ("false_positives", FP_KINDS)):
+        frames, under, over = self.by_gt.sum(0)
+        out = {"frames": frames, "frames/exact": frames - under - over, "frames/under": under, "frames/over": over,
+               "misses": self.misses.sum(), "false_positives": self.false_positives.sum()}
+        out.update({f"frames/{cause}": self.under_causes[i] for i, cause in enumerate(UNDER_CAUSES)})
+        for name, kinds in (("misses", MISS_KINDS), ("false_positives", FP_KINDS)):
             out.update({f"{name}/{kind}": getattr(self, name)[i] for i, kind in enumerate(kinds)})
         for k in torch.nonzero(self.by_gt[:, 0]).flatten().tolist():
-            out.update({f"by_gt/{k}/{what}": self.by_gt[k, i] for i, what in enumerate(("frames", "under", "over"))})
+            out.update({f"by_gt/{k}/{what}": self.by_gt[k, i] for i, what in enumerate(COUNTS)})
         return out

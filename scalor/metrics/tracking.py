@@ -26,7 +26,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchmetrics import Metric
 
-__all__ = ["MOTMetrics", "box_iou_np", "match_sequence"]
+__all__ = ["MOTMetrics", "as_numpy", "box_iou_np", "match_sequence"]
 
 MAX_DISTANCE = 0.5  # distance = 1 - IoU; pairs farther apart than this cannot match
 
@@ -46,6 +46,15 @@ def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
     return iou
+
+
+def as_numpy(x, dtype) -> np.ndarray:
+    """A tensor (any device) or array-like as a NumPy array of ``dtype`` (np.float64 or np.int64)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = x.double() if dtype == np.float64 else x.long()
+        return x.numpy()
+    return np.asarray(x, dtype=dtype)
 
 
 def _assign(dist: np.ndarray) -> list[tuple[int, int]]:
@@ -238,21 +247,13 @@ class MOTMetrics(Metric):
             self.add_state(name, default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("iou_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    @staticmethod
-    def _np(x, dtype) -> np.ndarray:
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu()
-            x = x.double() if dtype == np.float64 else x.long()
-            return x.numpy()
-        return np.asarray(x, dtype=dtype)
-
     def update(self, pred_boxes, pred_ids, gt_boxes, gt_ids, pred_presence=None) -> None:
         """Add sequences: pred (B, T, N, 4), (B, T, N); gt (B, T, M, 4), (B, T, M); presence (B, T, N) or None."""
-        pb = self._np(pred_boxes, np.float64)
-        pi = self._np(pred_ids, np.int64)
-        gb = self._np(gt_boxes, np.float64)
-        gi = self._np(gt_ids, np.int64)
-        pp = None if pred_presence is None else self._np(pred_presence, np.float64)
+        pb = as_numpy(pred_boxes, np.float64)
+        pi = as_numpy(pred_ids, np.int64)
+        gb = as_numpy(gt_boxes, np.float64)
+        gi = as_numpy(gt_ids, np.int64)
+        pp = None if pred_presence is None else as_numpy(pred_presence, np.float64)
         if gi.ndim == 2:  # one sequence
             pb, pi, gb, gi = pb[None], pi[None], gb[None], gi[None]
             pp = None if pp is None else pp[None]
