@@ -55,6 +55,7 @@ def test_parameter_counts_match_spec(kw, expected):
     dict(img_size=64, num_cell_h=4, num_cell_w=4, bg_decoder="sbd"),
     dict(img_size=64, num_cell_h=4, num_cell_w=4, no_background=True),
     dict(img_size=64, num_cell_h=4, num_cell_w=4, max_num_obj=40),  # cap >= cells
+    dict(img_size=64, num_cell_h=8, num_cell_w=8, z_what_dim=8),
 ])
 def test_shapes_and_finiteness(kw):
     kw.setdefault("glimpse_size", 16)
@@ -79,6 +80,18 @@ def test_gradients_reach_every_parameter():
     m = tiny()
     # Undetached state so the propagation prior's inputs carry gradients too.
     out = m(torch.rand(2, 3, 3, 64, 64), Schedule(detach=False))
+    out.neg_elbo.mean().backward()
+    dead = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not dead, dead
+
+
+def test_z_what_dim_sizes_every_appearance_layer_and_carries_over_frames():
+    torch.manual_seed(0)
+    m = tiny(z_what_dim=8)
+    assert m.glimpse_encoder.head.out_features == 16 and m.glimpse_decoder.trunk[0].in_channels == 8
+    assert params(m) < params(tiny())
+    out = m(torch.rand(2, 4, 3, 64, 64), Schedule(detach=False))
+    assert out.carry.objects.z_what.shape[-1] == 8
     out.neg_elbo.mean().backward()
     dead = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not dead, dead
@@ -322,6 +335,7 @@ def test_importance_weighted_nll_is_finite():
     (dict(img_size=100), "img_size"),
     (dict(bg_decoder="conv"), "bg_decoder"),
     (dict(center_range=0.0), "center_range"),
+    (dict(z_what_dim=0), "z_what_dim"),
 ])
 def test_impossible_configs_raise_one_clear_error(kw, key):
     with pytest.raises(ConfigError, match=key):

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 
 # The glimpse networks as the model stages call them (SCALOR._encode, SCALOR._decode):
-# Encode: frame (B,3,H,W), boxes z_where (B,M,4), optional active indices -> (mean, raw std), each (B*M, 64);
-# Decode: z_what (n, 64) -> glimpses (n, 4, S, S) (alpha-premultiplied colour, then alpha).
+# Encode: frame (B,3,H,W), boxes z_where (B,M,4), optional active indices -> (mean, raw std), each (B*M, D);
+# Decode: z_what (n, D) -> glimpses (n, 4, S, S) (alpha-premultiplied colour, then alpha).
 Encode = Callable[[Tensor, Tensor, Optional[Tensor]], tuple[Tensor, Tensor]]
 Decode = Callable[[Tensor], Tensor]
 
@@ -140,7 +140,7 @@ class ImageEncoder(nn.Module):
 
 
 class GlimpseEncoder(nn.Module):
-    """ZWhatEnc: glimpse (n, 3, S, S) -> (mean (n, 64), raw std (n, 64)); softplus is the caller's."""
+    """ZWhatEnc: glimpse (n, 3, S, S) -> (mean (n, D), raw std (n, D)), D = z_what_dim; softplus is the caller's."""
 
     def __init__(self, glimpse_size: int, z_what_dim: int = 64, enc_dim: int = 128):
         super().__init__()
@@ -172,7 +172,7 @@ def _head(img_size: int, out: int) -> nn.Sequential:
 
 
 class GlimpseDecoder(nn.Module):
-    """GlimpseDec: z_what (n, 64) -> appearance (n, 3, S, S), alpha (n, 1, S, S), both sigmoid."""
+    """GlimpseDec: z_what (n, D) -> appearance (n, 3, S, S), alpha (n, 1, S, S), both sigmoid."""
 
     def __init__(self, glimpse_size: int, img_size: int, z_what_dim: int = 64):
         super().__init__()
@@ -199,6 +199,6 @@ class GlimpseDecoder(nn.Module):
         return torch.sigmoid(self.appearance(x)), torch.sigmoid(self.alpha(x))
 
     def glimpse(self, z_what: Tensor) -> Tensor:
-        """(n, 64) -> (n, 4, S, S): alpha-premultiplied appearance o * a, then alpha a (what is rendered)."""
+        """(n, D) -> (n, 4, S, S): alpha-premultiplied appearance o * a, then alpha a (what is rendered)."""
         o, a = self(z_what)
         return torch.cat([o * a, a], 1)

@@ -55,7 +55,7 @@ class SCALOR(nn.Module):
                  kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool = True,
                  checkpoint_encoder: bool = True, channels_last: bool = True, fixed_slots: bool = False,
                  compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask",
-                 center_range: float = 1.0, reject_duplicates: bool = False):
+                 center_range: float = 1.0, reject_duplicates: bool = False, z_what_dim: int = 64):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -63,11 +63,12 @@ class SCALOR(nn.Module):
                              explained_ratio_threshold=explained_ratio_threshold,
                              z_pres_disc_threshold=z_pres_disc_threshold, gen_disc_pres_probs=gen_disc_pres_probs,
                              observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source,
-                             center_range=center_range)
+                             center_range=center_range, z_what_dim=z_what_dim)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
         self.max_num_obj = max_num_obj
+        self.z_what_dim = z_what_dim
         self.sigma = sigma
         self.z_pres_disc_threshold = z_pres_disc_threshold
         self.observe_frames = observe_frames
@@ -85,13 +86,13 @@ class SCALOR(nn.Module):
         self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
 
         self.image_encoder = ImageEncoder(img_size, num_cell_h, num_cell_w, conv_lstm)
-        self.glimpse_encoder = GlimpseEncoder(glimpse_size)
-        self.glimpse_decoder = GlimpseDecoder(glimpse_size, img_size)
+        self.glimpse_encoder = GlimpseEncoder(glimpse_size, z_what_dim)
+        self.glimpse_decoder = GlimpseDecoder(glimpse_size, img_size, z_what_dim)
         self.propagation = Propagation(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw,
-                                       double_softplus_what_std)
+                                       double_softplus_what_std, z_what_dim)
         self.discovery = Discovery(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw, max_num_obj,
                                    explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection,
-                                   center_range=center_range, reject_duplicates=reject_duplicates)
+                                   z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates)
         self.background = None if no_background else Background(img_size, bg_decoder)
         if channels_last:  # NHWC convolution weights: oneDNN/cuDNN pick their faster NHWC kernels (exact)
             for net in (self.glimpse_encoder, self.glimpse_decoder):
@@ -104,7 +105,8 @@ class SCALOR(nn.Module):
                         size_anc: float = 0.1, var_s: float = 0.03, ratio_anc: float = 2.5, var_anc: float = 0.5,
                         explained_ratio_threshold: float = 0.3, z_pres_disc_threshold: float = 0.7,
                         gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
-                        box_source: str = "mask", center_range: float = 1.0, **_ignored) -> None:
+                        box_source: str = "mask", center_range: float = 1.0, z_what_dim: int = 64,
+                        **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
         if box_source not in ("mask", "where"):
             raise ConfigError(f"model.box_source={box_source} is unknown; use mask (tight boxes of what each object "
@@ -122,6 +124,8 @@ class SCALOR(nn.Module):
                               f"image: use a grid of at most {img_size // 2} cells per side or a larger data.img_size.")
         if glimpse_size not in GLIMPSE_SIZES:
             raise ConfigError(f"model.glimpse_size={glimpse_size} is not supported: use one of {GLIMPSE_SIZES}.")
+        if int(z_what_dim) < 1:
+            raise ConfigError(f"model.z_what_dim={z_what_dim} must be >= 1 (64 is the reference's).")
         if int(max_num_obj) < 1:
             raise ConfigError(f"model.max_num_obj={max_num_obj} must be >= 1.")
         if bg_decoder not in ("upsample", "sbd"):
@@ -154,15 +158,15 @@ class SCALOR(nn.Module):
         return self._compiled[name]
 
     def _decode(self, z_what: Tensor) -> Tensor:
-        """(n, 64) -> glimpses (n, 4, S, S) (premultiplied colour, alpha); with ``checkpoint_decoder`` the
+        """(n, z_what_dim) -> glimpses (n, 4, S, S) (premultiplied colour, alpha); with ``checkpoint_decoder`` the
         decoder is recomputed in backward and only z_what is kept (exact, less memory)."""
         if self.checkpoint_decoder and torch.is_grad_enabled() and z_what.requires_grad:
             return checkpoint(self._net("decoder"), z_what, use_reentrant=False)
         return self._net("decoder")(z_what)
 
     def _encode(self, frame: Tensor, z_where: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Glimpses of frame (B,3,H,W) at boxes (B,M,4), encoded -> (mean, raw std), each (B*M, 64) or, with
-        ``active`` (indices into B*M), (len(active), 64). With ``checkpoint_encoder`` extraction and encoder are
+        """Glimpses of frame (B,3,H,W) at boxes (B,M,4), encoded -> (mean, raw std), each (B*M, z_what_dim) or, with
+        ``active`` (indices into B*M), (len(active), z_what_dim). With ``checkpoint_encoder`` extraction and encoder are
         recomputed in backward and only the frame and boxes are kept (exact, less memory)."""
         if self.checkpoint_encoder and torch.is_grad_enabled():
             return checkpoint(self._encode_now, frame, z_where, active, use_reentrant=False)
@@ -174,7 +178,7 @@ class SCALOR(nn.Module):
 
     def initial_carry(self, batch: int, device, dtype=torch.float32) -> Carry:
         """Nothing tracked yet: one empty slot per element, IDs starting at 1."""
-        return Carry(ObjectState.empty(batch, device, dtype), None, None, None,
+        return Carry(ObjectState.empty(batch, device, dtype, z_what_dim=self.z_what_dim), None, None, None,
                      torch.ones(batch, dtype=torch.long, device=device))
 
     def _canvases(self, win: Windows, z_pres: Tensor, z_depth: Tensor) -> _Composite:
