@@ -11,7 +11,7 @@ from scalor.model.discovery import Discovery
 from scalor.model.distributions import kl_bernoulli, kl_normal
 from scalor.model.encoders import GlimpseDecoder, GlimpseEncoder
 from scalor.model.render import (BoxCoder, extract, gather_windows, mask_boxes, render_full, render_windows,
-                                 scatter_windows, window_size)
+                                 scatter_windows, window_masks, window_size)
 from scalor.model.state import ObjectState
 
 torch.set_num_threads(1)
@@ -166,24 +166,95 @@ def test_proposal_covered_by_propagation_is_rejected_uncovered_accepted():
     assert (step.z_pres[0, left] == 0).all()
 
 
-def test_duplicate_proposals_keep_only_the_most_present():
+def test_reject_min_iou_keeps_proposals_that_no_single_propagated_object_matches():
+    torch.manual_seed(0)
     coder = BoxCoder()
     s = 16
     disc = Discovery(64, 4, 4, coder, s, window_size(*coder.max_scale, s, (64, 64)), max_num_obj=100,
-                     reject_duplicates=True)
+                     reject_min_iou=0.5)
+    enc, dec = GlimpseEncoder(s), GlimpseDecoder(s, 64)
+    torch.nn.init.constant_(dec.alpha[0].bias, 5.0)  # opaque glimpses: every proposal has a mask
+    feats, frame = torch.randn(1, 64, 4, 4), torch.rand(1, 3, 64, 64)
+    covered = torch.zeros(1, 1, 64, 64)
+    covered[..., :, :32] = 1.0  # one large propagated object over the left half
+
+    def run(prop_masks):
+        return disc(feats, frame, covered, torch.zeros(1, dtype=torch.long), 0.1, 1.0, True,
+                    lambda f, z, a=None: enc(extract(f, z, (s, s)).flatten(0, 1)), dec.glimpse, True,
+                    prop_masks=prop_masks)
+
+    step = run(covered.flatten(2).bool())
+    sx, sy, tx, ty = step.z_where[0].unbind(-1)
+    left = (tx.abs() + sx < 1) & (ty.abs() + sy < 1) & (tx + sx * 1.1 < -0.05)
+    assert left.any() and step.accept[0, left].all()  # inside the big object, but no copy of it (IoU small)
+    # The same proposals against objects that are exact copies of them: all rejected.
+    copies = window_masks(step.windows, (step.windows.data[:, :, 3] > 0.3) & step.windows.valid, (64, 64))
+    drawn = copies.any(-1)  # a proposal that draws nothing is accepted, as in the reference
+    assert drawn.sum() >= 8 and not run(copies).accept[drawn].any()
+
+
+def _dedup_case(min_iou=0.0):
+    coder = BoxCoder(size_anc=0.2, var_s=0.05, ratio_anc=1.0, var_anc=0.5)  # windows hold boxes up to 0.35
+    s = 16
+    disc = Discovery(64, 4, 4, coder, s, window_size(*coder.max_scale, s, (64, 64)), max_num_obj=100,
+                     reject_duplicates=True, duplicate_min_iou=min_iou)
+    return disc, s
+
+
+def _masks(disc, s, z_where):
+    glimpse = torch.ones(1, z_where.shape[1], 4, s, s)  # opaque: each mask is its whole box
+    win = render_windows(glimpse, z_where, disc.win_hw, disc.img_hw)
+    mask = (win.data[:, :, 3] > 0.3) & win.valid
+    return win, mask, mask.flatten(2).sum(-1).float()
+
+
+def test_duplicate_proposals_keep_only_the_most_present():
+    disc, s = _dedup_case()
     z_where = torch.tensor([[0.1, 0.1, -0.5, -0.5], [0.1, 0.1, -0.5, -0.5],   # the same box twice
                             [0.1, 0.1, -0.45, -0.5],                          # nearly the same box
                             [0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, -0.5]])[None]  # two separate boxes
-    glimpse = torch.ones(1, 5, 4, s, s)  # opaque: each mask is its whole box
+    win, mask, area = _masks(disc, s, z_where)
+    strength = torch.tensor([[0.9, 0.95, 0.99, 0.5, 0.6]])
+    dup = disc._duplicates(win, mask, area, strength)
+    assert dup[0].tolist() == [True, True, False, False, False]  # covered by the stronger copy
+    tie = disc._duplicates(win, mask, area, torch.ones(1, 5))
+    assert not tie[0, 0] and tie[0, 1]  # ties: the earlier cell wins
+
+
+@pytest.mark.parametrize("min_iou,kept", [(0.0, False), (0.6, True)])
+def test_duplicate_min_iou_keeps_an_object_inside_a_stronger_two_object_blob(min_iou, kept):
+    disc, s = _dedup_case(min_iou)
+    z_where = torch.tensor([[0.2, 0.1, -0.4, 0.0],    # a wide blob over two neighbours (the strongest)
+                            [0.1, 0.1, -0.5, 0.0],    # its left half: one object
+                            [0.1, 0.1, -0.5, 0.02],   # a near copy of that one (weaker)
+                            [0.1, 0.1, 0.5, 0.5]])[None]  # a separate one
+    win, mask, area = _masks(disc, s, z_where)
+    dup = disc._duplicates(win, mask, area, torch.tensor([[0.99, 0.9, 0.8, 0.7]]))
+    assert not dup[0, 0] and not dup[0, 3]
+    assert bool(dup[0, 1]) is not kept  # IoU with the blob about 0.5: a duplicate only by coverage
+    assert dup[0, 2]  # IoU with the object it copies near 1: a duplicate either way
+
+
+@pytest.mark.parametrize("rank,blob_wins", [("presence", True), ("fit", False)])
+def test_duplicate_rank_fit_prefers_the_proposal_that_draws_its_pixels(rank, blob_wins):
+    disc, s = _dedup_case()
+    disc.duplicate_rank = rank
+    frame = torch.zeros(1, 3, 64, 64)
+    frame[:, 0, 29:35, 13:19] = 1.0  # a red and a green square side by side
+    frame[:, 1, 29:35, 19:26] = 1.0
+    z_where = torch.tensor([[0.2, 0.1, -0.4, 0.0],       # a blob over both, drawn in one muddy colour
+                            [0.1, 0.1, -0.3, 0.0]])[None]  # the green one, drawn green
+    glimpse = torch.ones(1, 2, 4, s, s)
+    glimpse[0, 0, :3] = torch.tensor([0.5, 0.5, 0.0])[:, None, None]
+    glimpse[0, 1, :3] = torch.tensor([0.0, 1.0, 0.0])[:, None, None]
     win = render_windows(glimpse, z_where, disc.win_hw, disc.img_hw)
     mask = (win.data[:, :, 3] > 0.3) & win.valid
     area = mask.flatten(2).sum(-1).float()
-    strength = torch.tensor([[0.9, 0.95, 0.99, 0.5, 0.6]])
-    ratio = disc._explained_by_stronger(win, mask, strength) / area
-    assert ratio[0, 2] == 0 and ratio[0, 3] == 0 and ratio[0, 4] == 0  # the strongest and the separate ones
-    assert ratio[0, 0] > 0.8 and ratio[0, 1] > 0.8  # covered by the stronger copy
-    tie = disc._explained_by_stronger(win, mask, torch.ones(1, 5)) / area
-    assert tie[0, 0] == 0 and tie[0, 1] == 1  # ties: the earlier cell wins
+    fit = disc._fit(win, mask, area, frame)
+    assert fit[0, 1] > 0.9 > 0.5 > fit[0, 0]
+    strength = torch.tensor([[0.99, 0.9]]) * (fit if rank == "fit" else 1)
+    dup = disc._duplicates(win, mask, area, strength)[0].tolist()
+    assert dup == ([False, True] if blob_wins else [True, False])
 
 
 def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals():
@@ -336,6 +407,9 @@ def test_importance_weighted_nll_is_finite():
     (dict(bg_decoder="conv"), "bg_decoder"),
     (dict(center_range=0.0), "center_range"),
     (dict(z_what_dim=0), "z_what_dim"),
+    (dict(duplicate_min_iou=1.5), "duplicate_min_iou"),
+    (dict(duplicate_rank="area"), "duplicate_rank"),
+    (dict(reject_min_iou=-0.1), "reject_min_iou"),
 ])
 def test_impossible_configs_raise_one_clear_error(kw, key):
     with pytest.raises(ConfigError, match=key):

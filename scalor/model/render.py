@@ -138,6 +138,15 @@ def scatter_windows(win: Windows, values: Tensor, img_hw: tuple[int, int]) -> Te
     return canvas[..., : h * w].view(bsz, c, h, w)
 
 
+def window_masks(win: Windows, mask: Tensor, img_hw: tuple[int, int]) -> Tensor:
+    """Each window's mask on its own full canvas. mask (B, M, wh, ww) bool -> (B, M, H*W) bool."""
+    bsz, m, wh, ww = mask.shape
+    h, w = img_hw
+    idx = _flat_index(win, img_hw).view(bsz, m, wh * ww)
+    full = mask.new_zeros(bsz, m, h * w + 1).scatter_(2, idx, mask.flatten(2) & win.valid.flatten(2))
+    return full[..., : h * w]
+
+
 def gather_windows(win: Windows, canvas: Tensor, img_hw: tuple[int, int]) -> Tensor:
     """Read a canvas at each window's pixels (0 outside the image). (B,C,H,W) -> (B,M,C,wh,ww)."""
     bsz, c = canvas.shape[:2]

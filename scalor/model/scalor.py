@@ -18,7 +18,7 @@ from .distributions import EPS, clamp_st, normal_log_prob
 from .encoders import GlimpseDecoder, GlimpseEncoder, ImageEncoder
 from .propagation import Propagation, PropagationStep
 from .render import (BoxCoder, Windows, boxes_to_xyxy, extract, gather_windows, mask_boxes, scatter_windows, scatter_windows_amax,
-                     window_size)
+                     window_masks, window_size)
 from .state import Carry, ObjectState, SequenceOutput
 
 GLIMPSE_SIZES = (16, 32, 64)
@@ -55,7 +55,9 @@ class SCALOR(nn.Module):
                  kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool = True,
                  checkpoint_encoder: bool = True, channels_last: bool = True, fixed_slots: bool = False,
                  compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask",
-                 center_range: float = 1.0, reject_duplicates: bool = False, z_what_dim: int = 64):
+                 center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
+                 duplicate_rank: str = "presence", reject_fit: bool = False, reject_min_iou: float = 0.0,
+                 z_what_dim: int = 64):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -63,7 +65,8 @@ class SCALOR(nn.Module):
                              explained_ratio_threshold=explained_ratio_threshold,
                              z_pres_disc_threshold=z_pres_disc_threshold, gen_disc_pres_probs=gen_disc_pres_probs,
                              observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source,
-                             center_range=center_range, z_what_dim=z_what_dim)
+                             center_range=center_range, duplicate_min_iou=duplicate_min_iou,
+                             duplicate_rank=duplicate_rank, reject_min_iou=reject_min_iou, z_what_dim=z_what_dim)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -92,7 +95,9 @@ class SCALOR(nn.Module):
                                        double_softplus_what_std, z_what_dim)
         self.discovery = Discovery(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw, max_num_obj,
                                    explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection,
-                                   z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates)
+                                   z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates,
+                                   duplicate_min_iou=duplicate_min_iou, duplicate_rank=duplicate_rank,
+                                   reject_fit=reject_fit, reject_min_iou=reject_min_iou)
         self.background = None if no_background else Background(img_size, bg_decoder)
         if channels_last:  # NHWC convolution weights: oneDNN/cuDNN pick their faster NHWC kernels (exact)
             for net in (self.glimpse_encoder, self.glimpse_decoder):
@@ -105,7 +110,8 @@ class SCALOR(nn.Module):
                         size_anc: float = 0.1, var_s: float = 0.03, ratio_anc: float = 2.5, var_anc: float = 0.5,
                         explained_ratio_threshold: float = 0.3, z_pres_disc_threshold: float = 0.7,
                         gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
-                        box_source: str = "mask", center_range: float = 1.0, z_what_dim: int = 64,
+                        box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
+                        duplicate_rank: str = "presence", reject_min_iou: float = 0.0, z_what_dim: int = 64,
                         **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
         if box_source not in ("mask", "where"):
@@ -113,6 +119,12 @@ class SCALOR(nn.Module):
                               "draws) or where (the glimpse boxes z_where).")
         if not (0 < center_range <= 1):
             raise ConfigError(f"model.center_range={center_range} must be in (0, 1] (cells; 1 is the reference's).")
+        if duplicate_rank not in ("presence", "fit"):
+            raise ConfigError(f"model.duplicate_rank={duplicate_rank} is unknown; use presence (the more present "
+                              "proposal wins) or fit (presence times how well each proposal draws its pixels).")
+        for key, value in (("duplicate_min_iou", duplicate_min_iou), ("reject_min_iou", reject_min_iou)):
+            if not (0 <= value <= 1):
+                raise ConfigError(f"model.{key}={value} must be in [0, 1] (0: off).")
         if not (_pow2(img_size) and img_size >= 32):
             raise ConfigError(f"data.img_size={img_size} is not supported: use a power of two >= 32 (e.g. 64 or 128).")
         for key, g in (("num_cell_h", num_cell_h), ("num_cell_w", num_cell_w)):
@@ -193,6 +205,11 @@ class SCALOR(nn.Module):
         values = torch.cat([z * ra, imp_w * ra, imp_w * ra * z * win.data[:, :, :3]], 2)
         canvas = scatter_windows(win, values, self.img_hw)
         return _Composite(canvas[:, :1], canvas[:, 1:2], canvas[:, 2:])
+
+    def _masks(self, prop: PropagationStep) -> Tensor:
+        """(B, N, H*W) bool: where each propagated object draws (presence times alpha > 0.1)."""
+        win = prop.windows
+        return window_masks(win, win.data[:, :, 3] * prop.z_pres[..., None, None].detach() > 0.1, self.img_hw)
 
     def _new_ids(self, disc_pres: Tensor, next_id: Tensor) -> Tensor:
         """(B, K) IDs for cells that start a track (next unused IDs in raster order), 0 elsewhere."""
@@ -307,7 +324,11 @@ class SCALOR(nn.Module):
                                   reject=prop is not None,
                                   encoder=self._encode, decoder=self._decode, deterministic=det,
                                   imagine=imagine, log_imp=log_imp,
-                                  skip_below=0.0 if self.training else self.skip_glimpse_below)
+                                  skip_below=0.0 if self.training else self.skip_glimpse_below,
+                                  prop_fg=(prop_c.colour / (prop_c.imp + EPS)).detach()
+                                  if prop is not None and self.discovery.reject_fit else None,
+                                  prop_masks=self._masks(prop) if prop is not None and self.discovery.reject_min_iou > 0
+                                  else None)
             for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
                 terms[key].append(getattr(disc, key) + (getattr(prop, key) if prop is not None else 0))
             if track_only:  # boxes and IDs only: no compositing, background or likelihood
