@@ -193,6 +193,19 @@ def test_reject_min_iou_keeps_proposals_that_no_single_propagated_object_matches
     assert drawn.sum() >= 8 and not run(copies).accept[drawn].any()
 
 
+def test_track_duplicate_iou_drops_the_later_copy_of_a_track():
+    from scalor.model.propagation import Propagation
+    coder = BoxCoder(size_anc=0.2, var_s=0.05, ratio_anc=1.0, var_anc=0.5)
+    s = 16
+    prop = Propagation(64, 4, 4, coder, s, window_size(*coder.max_scale, s, (64, 64)), duplicate_iou=0.6)
+    z_where = torch.tensor([[0.1, 0.1, -0.5, -0.5], [0.1, 0.1, 0.5, 0.5],   # two tracks
+                            [0.1, 0.1, -0.48, -0.5],                         # a near copy of the first
+                            [0.1, 0.1, 0.5, 0.3]])[None]                     # overlaps the second a little
+    win = render_windows(torch.ones(1, 4, 4, s, s), z_where, prop.win_hw, prop.img_hw)
+    assert prop._copies(win, torch.ones(1, 4))[0].tolist() == [False, False, True, False]
+    assert not prop._copies(win, torch.tensor([[0.0, 1.0, 1.0, 1.0]])).any()  # an absent object has no mask
+
+
 def _dedup_case(min_iou=0.0):
     coder = BoxCoder(size_anc=0.2, var_s=0.05, ratio_anc=1.0, var_anc=0.5)  # windows hold boxes up to 0.35
     s = 16
@@ -410,6 +423,7 @@ def test_importance_weighted_nll_is_finite():
     (dict(duplicate_min_iou=1.5), "duplicate_min_iou"),
     (dict(duplicate_rank="area"), "duplicate_rank"),
     (dict(reject_min_iou=-0.1), "reject_min_iou"),
+    (dict(track_duplicate_iou=1.1), "track_duplicate_iou"),
 ])
 def test_impossible_configs_raise_one_clear_error(kw, key):
     with pytest.raises(ConfigError, match=key):

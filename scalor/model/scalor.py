@@ -57,7 +57,7 @@ class SCALOR(nn.Module):
                  compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask",
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  duplicate_rank: str = "presence", reject_fit: bool = False, reject_min_iou: float = 0.0,
-                 z_what_dim: int = 64):
+                 track_duplicate_iou: float = 0.0, z_what_dim: int = 64):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -66,7 +66,8 @@ class SCALOR(nn.Module):
                              z_pres_disc_threshold=z_pres_disc_threshold, gen_disc_pres_probs=gen_disc_pres_probs,
                              observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source,
                              center_range=center_range, duplicate_min_iou=duplicate_min_iou,
-                             duplicate_rank=duplicate_rank, reject_min_iou=reject_min_iou, z_what_dim=z_what_dim)
+                             duplicate_rank=duplicate_rank, reject_min_iou=reject_min_iou,
+                             track_duplicate_iou=track_duplicate_iou, z_what_dim=z_what_dim)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -92,7 +93,7 @@ class SCALOR(nn.Module):
         self.glimpse_encoder = GlimpseEncoder(glimpse_size, z_what_dim)
         self.glimpse_decoder = GlimpseDecoder(glimpse_size, img_size, z_what_dim)
         self.propagation = Propagation(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw,
-                                       double_softplus_what_std, z_what_dim)
+                                       double_softplus_what_std, z_what_dim, duplicate_iou=track_duplicate_iou)
         self.discovery = Discovery(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw, max_num_obj,
                                    explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection,
                                    z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates,
@@ -111,8 +112,8 @@ class SCALOR(nn.Module):
                         explained_ratio_threshold: float = 0.3, z_pres_disc_threshold: float = 0.7,
                         gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
                         box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
-                        duplicate_rank: str = "presence", reject_min_iou: float = 0.0, z_what_dim: int = 64,
-                        **_ignored) -> None:
+                        duplicate_rank: str = "presence", reject_min_iou: float = 0.0,
+                        track_duplicate_iou: float = 0.0, z_what_dim: int = 64, **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
         if box_source not in ("mask", "where"):
             raise ConfigError(f"model.box_source={box_source} is unknown; use mask (tight boxes of what each object "
@@ -122,7 +123,8 @@ class SCALOR(nn.Module):
         if duplicate_rank not in ("presence", "fit"):
             raise ConfigError(f"model.duplicate_rank={duplicate_rank} is unknown; use presence (the more present "
                               "proposal wins) or fit (presence times how well each proposal draws its pixels).")
-        for key, value in (("duplicate_min_iou", duplicate_min_iou), ("reject_min_iou", reject_min_iou)):
+        for key, value in (("duplicate_min_iou", duplicate_min_iou), ("reject_min_iou", reject_min_iou),
+                           ("track_duplicate_iou", track_duplicate_iou)):
             if not (0 <= value <= 1):
                 raise ConfigError(f"model.{key}={value} must be in [0, 1] (0: off).")
         if not (_pow2(img_size) and img_size >= 32):
