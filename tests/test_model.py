@@ -228,9 +228,9 @@ def test_duplicate_proposals_keep_only_the_most_present():
                             [0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, -0.5]])[None]  # two separate boxes
     win, mask, area = _masks(disc, s, z_where)
     strength = torch.tensor([[0.9, 0.95, 0.99, 0.5, 0.6]])
-    dup = disc._duplicates(win, mask, area, strength)
+    dup = disc._duplicates(win, mask, area, None, strength)
     assert dup[0].tolist() == [True, True, False, False, False]  # covered by the stronger copy
-    tie = disc._duplicates(win, mask, area, torch.ones(1, 5))
+    tie = disc._duplicates(win, mask, area, None, torch.ones(1, 5))
     assert not tie[0, 0] and tie[0, 1]  # ties: the earlier cell wins
 
 
@@ -242,32 +242,11 @@ def test_duplicate_min_iou_keeps_an_object_inside_a_stronger_two_object_blob(min
                             [0.1, 0.1, -0.5, 0.02],   # a near copy of that one (weaker)
                             [0.1, 0.1, 0.5, 0.5]])[None]  # a separate one
     win, mask, area = _masks(disc, s, z_where)
-    dup = disc._duplicates(win, mask, area, torch.tensor([[0.99, 0.9, 0.8, 0.7]]))
+    dup = disc._duplicates(win, mask, area, window_masks(win, mask, (64, 64)).float(),
+                           torch.tensor([[0.99, 0.9, 0.8, 0.7]]))
     assert not dup[0, 0] and not dup[0, 3]
     assert bool(dup[0, 1]) is not kept  # IoU with the blob about 0.5: a duplicate only by coverage
     assert dup[0, 2]  # IoU with the object it copies near 1: a duplicate either way
-
-
-@pytest.mark.parametrize("rank,blob_wins", [("presence", True), ("fit", False)])
-def test_duplicate_rank_fit_prefers_the_proposal_that_draws_its_pixels(rank, blob_wins):
-    disc, s = _dedup_case()
-    disc.duplicate_rank = rank
-    frame = torch.zeros(1, 3, 64, 64)
-    frame[:, 0, 29:35, 13:19] = 1.0  # a red and a green square side by side
-    frame[:, 1, 29:35, 19:26] = 1.0
-    z_where = torch.tensor([[0.2, 0.1, -0.4, 0.0],       # a blob over both, drawn in one muddy colour
-                            [0.1, 0.1, -0.3, 0.0]])[None]  # the green one, drawn green
-    glimpse = torch.ones(1, 2, 4, s, s)
-    glimpse[0, 0, :3] = torch.tensor([0.5, 0.5, 0.0])[:, None, None]
-    glimpse[0, 1, :3] = torch.tensor([0.0, 1.0, 0.0])[:, None, None]
-    win = render_windows(glimpse, z_where, disc.win_hw, disc.img_hw)
-    mask = (win.data[:, :, 3] > 0.3) & win.valid
-    area = mask.flatten(2).sum(-1).float()
-    fit = disc._fit(win, mask, area, frame)
-    assert fit[0, 1] > 0.9 > 0.5 > fit[0, 0]
-    strength = torch.tensor([[0.99, 0.9]]) * (fit if rank == "fit" else 1)
-    dup = disc._duplicates(win, mask, area, strength)[0].tolist()
-    assert dup == ([False, True] if blob_wins else [True, False])
 
 
 def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals():
@@ -421,7 +400,6 @@ def test_importance_weighted_nll_is_finite():
     (dict(center_range=0.0), "center_range"),
     (dict(z_what_dim=0), "z_what_dim"),
     (dict(duplicate_min_iou=1.5), "duplicate_min_iou"),
-    (dict(duplicate_rank="area"), "duplicate_rank"),
     (dict(reject_min_iou=-0.1), "reject_min_iou"),
     (dict(track_duplicate_iou=1.1), "track_duplicate_iou"),
 ])

@@ -14,7 +14,6 @@ from .encoders import Decode, Encode, cg, log2_int
 from .render import BoxCoder, Windows, gather_windows, render_windows, scatter_windows_amax, window_masks
 
 PRES_LOGIT_FACTOR = 8.8
-FIT_SCALE = 0.1  # duplicate_rank=fit: a mean colour error of 0.1 inside the mask costs a factor e of rank strength
 
 
 @dataclass
@@ -94,7 +93,7 @@ class Discovery(nn.Module):
                  win_hw: tuple[int, int], max_num_obj: int, explained_ratio_threshold: float = 0.3,
                  gen_disc_pres_probs: float = 0.1, kl_weight_pre_rejection: bool = True, z_what_dim: int = 64,
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
-                 duplicate_rank: str = "presence", reject_fit: bool = False, reject_min_iou: float = 0.0):
+                 reject_min_iou: float = 0.0):
         super().__init__()
         self.proposal = ProposalNet(img_size, num_cell_h, num_cell_w)
         self.img_hw = (img_size, img_size)
@@ -110,8 +109,6 @@ class Discovery(nn.Module):
         self.center_range = center_range
         self.reject_duplicates = reject_duplicates
         self.duplicate_min_iou = duplicate_min_iou
-        self.duplicate_rank = duplicate_rank
-        self.reject_fit = reject_fit
         self.reject_min_iou = reject_min_iou
         rows, cols = torch.meshgrid(torch.arange(num_cell_h), torch.arange(num_cell_w), indexing="ij")
         self.register_buffer("cell_xy", torch.stack([cols.flatten(), rows.flatten()], -1).float(), persistent=False)
@@ -128,33 +125,10 @@ class Discovery(nn.Module):
         ty = 2.0 / gh * (self.cell_xy[:, 1] + 0.5 + self.center_range * torch.tanh(raw[..., 3])) - 1
         return torch.stack([sx, sy, tx, ty], -1)
 
-    def _fit(self, win: Windows, mask: Tensor, area: Tensor, frame: Tensor) -> Tensor:
-        """(B,K) in (0, 1]: how well each proposal alone draws the frame inside its mask, exp(-e / FIT_SCALE) with e
-        the mean absolute colour error there of its rendering (alpha-premultiplied, against the frame times alpha).
-        A proposal drawing two sprites as one blurred blob fits worse than one drawing one of them."""
-        with torch.no_grad():
-            x = gather_windows(win, frame, self.img_hw)  # (B, K, 3, wh, ww)
-            err = (win.data[:, :, :3] - win.data[:, :, 3:4] * x).abs().mean(2)
-            return torch.exp(-(err * mask).flatten(2).sum(-1) / area / FIT_SCALE)
-
-    def _fits_better(self, win: Windows, covered: Tensor, frame: Tensor, prop_fg: Tensor, prop_a: Tensor,
-                     presence: Tensor) -> Tensor:
-        """(B,K) bool: proposals that draw the pixels the propagated objects cover (covered (B,K,wh,ww)) better than
-        those objects do: presence times the proposal's fit there (as ``_fit``) above the propagated composite's
-        fit there. A tracked object that draws two sprites as one blurred blob then no longer explains away a
-        proposal of one of them."""
-        with torch.no_grad():
-            x = gather_windows(win, frame, self.img_hw)
-            own = (win.data[:, :, :3] - win.data[:, :, 3:4] * x).abs().mean(2)
-            theirs = (gather_windows(win, prop_fg, self.img_hw) - prop_a.clamp(max=1)[:, :, None] * x).abs().mean(2)
-            n = covered.flatten(2).sum(-1) + 1e-15
-            fit = lambda e: torch.exp(-(e * covered).flatten(2).sum(-1) / n / FIT_SCALE)  # noqa: E731
-            return presence * fit(own) > fit(theirs)
-
-    def _duplicates(self, win: Windows, mask: Tensor, area: Tensor, strength: Tensor) -> Tensor:
+    def _duplicates(self, win: Windows, mask: Tensor, area: Tensor, full: Tensor | None, strength: Tensor) -> Tensor:
         """(B,K) bool: proposals that a more present proposal of the same frame explains. mask (B,K,wh,ww),
-        area (B,K) its pixel counts, strength (B,K) (a proposal of strength 0 covers nothing; ties go to the
-        earlier cell).
+        area (B,K) its pixel counts, full (B,K,H*W) the masks on full canvases (needed with duplicate_min_iou),
+        strength (B,K) (a proposal of strength 0 covers nothing; ties go to the earlier cell).
 
         duplicate_min_iou = 0: the masks of all stronger proposals together cover at least
         ``explained_ratio_threshold`` of the proposal's mask (one scatter-max of ranks over the frame, no K x K).
@@ -172,7 +146,6 @@ class Discovery(nn.Module):
             seen = gather_windows(win, top[:, None], self.img_hw)[:, :, 0]  # (B, K, wh, ww)
             covered = (mask & (seen > rank[..., None, None])).flatten(2).sum(-1)
             return covered >= self.explained_ratio_threshold * area
-        full = window_masks(win, mask, self.img_hw).to(area.dtype)  # (B, K, H*W)
         stronger = (rank[:, None, :] > rank[:, :, None]) & (strength > 0)[:, None, :]
         return (stronger & self._explained_by_one(full @ full.transpose(1, 2), area, area,
                                                   self.duplicate_min_iou)).any(-1)
@@ -186,14 +159,12 @@ class Discovery(nn.Module):
     def forward(self, feats: Tensor | None, frame: Tensor | None, alpha_prop: Tensor, lengths: Tensor,
                 z_pres_prior: float, tau: float, reject: bool, encoder: Encode,
                 decoder: Decode, deterministic: bool, imagine: bool = False,
-                log_imp: bool = False, skip_below: float = 0.0, prop_fg: Tensor | None = None,
-                prop_masks: Tensor | None = None) -> DiscoveryStep:
+                log_imp: bool = False, skip_below: float = 0.0, prop_masks: Tensor | None = None) -> DiscoveryStep:
         """feats (B,64,Gh,Gw), frame (B,3,H,W) (both None when imagined), alpha_prop (B,1,H,W)
         detached and clamped, lengths (B,) objects tracked before this frame -> DiscoveryStep.
 
         skip_below > 0 (an approximation for inference): cells whose relaxed presence is below it are
-        switched off and neither encoded nor decoded (one host sync for the active count). prop_fg (B,3,H,W):
-        the propagated objects' composite (alpha-premultiplied), needed with ``reject_fit``; prop_masks (B,N,H*W)
+        switched off and neither encoded nor decoded (one host sync for the active count). prop_masks (B,N,H*W)
         bool: each propagated object's mask (presence times alpha > 0.1), needed with ``reject_min_iou``."""
         b, k = alpha_prop.shape[0], self.num_cells
         zeros = alpha_prop.new_zeros(b)
@@ -232,29 +203,25 @@ class Discovery(nn.Module):
         win = render_windows(glimpse, z_where, self.win_hw, self.img_hw)
 
         # Accept-reject: a proposal whose binarised mask is mostly covered by propagated objects (and, with
-        # reject_duplicates, by a more present proposal of the same frame).
+        # reject_duplicates, by a more present proposal of the same frame); with reject_min_iou / duplicate_min_iou
+        # one such object alone must cover it and overlap it with that mask IoU.
         dedup = self.reject_duplicates and not imagine
         checked = reject or dedup
         accept = torch.ones(b, k, dtype=torch.bool, device=alpha_prop.device)
         if checked:
             mask = (win.data[:, :, 3] > 0.3) & win.valid  # (B, K, wh, ww)
             area = mask.flatten(2).sum(-1) + 1e-15
-        if reject:
-            prop_a = gather_windows(win, alpha_prop, self.img_hw)[:, :, 0]
-            covered = mask & (prop_a > 0.1)
+            pairwise = (reject and self.reject_min_iou > 0) or (dedup and self.duplicate_min_iou > 0)
+            full = window_masks(win, mask, self.img_hw).to(area.dtype) if pairwise else None  # (B, K, H*W)
+        if reject and self.reject_min_iou > 0:
+            others = prop_masks.to(area.dtype)
+            accept = ~self._explained_by_one(full @ others.transpose(1, 2), area, others.sum(-1),
+                                             self.reject_min_iou).any(-1)
+        elif reject:
+            covered = mask & (gather_windows(win, alpha_prop, self.img_hw)[:, :, 0] > 0.1)
             accept = covered.flatten(2).sum(-1) < self.explained_ratio_threshold * area
-            if self.reject_min_iou > 0:
-                full = window_masks(win, mask, self.img_hw).to(area.dtype)  # (B, K, H*W)
-                others = prop_masks.to(area.dtype)
-                accept = ~self._explained_by_one(full @ others.transpose(1, 2), area, others.sum(-1),
-                                                 self.reject_min_iou).any(-1)
-            if self.reject_fit:
-                accept = accept | self._fits_better(win, covered, frame, prop_fg, prop_a, z_pres_relaxed.detach())
         if dedup:
-            strength = z_pres_relaxed.detach() * accept
-            if self.duplicate_rank == "fit":
-                strength = strength * self._fit(win, mask, area, frame)
-            accept = accept & ~self._duplicates(win, mask, area, strength)
+            accept = accept & ~self._duplicates(win, mask, area, full, z_pres_relaxed.detach() * accept)
         z_pres = z_pres_relaxed * accept
 
         # Cap: only the max_num_obj - lengths most present cells survive. The reference keeps values

@@ -56,8 +56,7 @@ class SCALOR(nn.Module):
                  checkpoint_encoder: bool = True, channels_last: bool = True, fixed_slots: bool = False,
                  compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask",
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
-                 duplicate_rank: str = "presence", reject_fit: bool = False, reject_min_iou: float = 0.0,
-                 track_duplicate_iou: float = 0.0, z_what_dim: int = 64):
+                 reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -66,8 +65,8 @@ class SCALOR(nn.Module):
                              z_pres_disc_threshold=z_pres_disc_threshold, gen_disc_pres_probs=gen_disc_pres_probs,
                              observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source,
                              center_range=center_range, duplicate_min_iou=duplicate_min_iou,
-                             duplicate_rank=duplicate_rank, reject_min_iou=reject_min_iou,
-                             track_duplicate_iou=track_duplicate_iou, z_what_dim=z_what_dim)
+                             reject_min_iou=reject_min_iou, track_duplicate_iou=track_duplicate_iou,
+                             z_what_dim=z_what_dim)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -97,8 +96,7 @@ class SCALOR(nn.Module):
         self.discovery = Discovery(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw, max_num_obj,
                                    explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection,
                                    z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates,
-                                   duplicate_min_iou=duplicate_min_iou, duplicate_rank=duplicate_rank,
-                                   reject_fit=reject_fit, reject_min_iou=reject_min_iou)
+                                   duplicate_min_iou=duplicate_min_iou, reject_min_iou=reject_min_iou)
         self.background = None if no_background else Background(img_size, bg_decoder)
         if channels_last:  # NHWC convolution weights: oneDNN/cuDNN pick their faster NHWC kernels (exact)
             for net in (self.glimpse_encoder, self.glimpse_decoder):
@@ -112,17 +110,14 @@ class SCALOR(nn.Module):
                         explained_ratio_threshold: float = 0.3, z_pres_disc_threshold: float = 0.7,
                         gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
                         box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
-                        duplicate_rank: str = "presence", reject_min_iou: float = 0.0,
-                        track_duplicate_iou: float = 0.0, z_what_dim: int = 64, **_ignored) -> None:
+                        reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
+                        **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
         if box_source not in ("mask", "where"):
             raise ConfigError(f"model.box_source={box_source} is unknown; use mask (tight boxes of what each object "
                               "draws) or where (the glimpse boxes z_where).")
         if not (0 < center_range <= 1):
             raise ConfigError(f"model.center_range={center_range} must be in (0, 1] (cells; 1 is the reference's).")
-        if duplicate_rank not in ("presence", "fit"):
-            raise ConfigError(f"model.duplicate_rank={duplicate_rank} is unknown; use presence (the more present "
-                              "proposal wins) or fit (presence times how well each proposal draws its pixels).")
         for key, value in (("duplicate_min_iou", duplicate_min_iou), ("reject_min_iou", reject_min_iou),
                            ("track_duplicate_iou", track_duplicate_iou)):
             if not (0 <= value <= 1):
@@ -327,8 +322,6 @@ class SCALOR(nn.Module):
                                   encoder=self._encode, decoder=self._decode, deterministic=det,
                                   imagine=imagine, log_imp=log_imp,
                                   skip_below=0.0 if self.training else self.skip_glimpse_below,
-                                  prop_fg=(prop_c.colour / (prop_c.imp + EPS)).detach()
-                                  if prop is not None and self.discovery.reject_fit else None,
                                   prop_masks=self._masks(prop) if prop is not None and self.discovery.reject_min_iou > 0
                                   else None)
             for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
