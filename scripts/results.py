@@ -169,7 +169,9 @@ def error_lines(metrics: dict) -> list[str]:
         "| count too low | " + " | ".join(n(f"by_gt/{k}/under") for k in counts) + f" | {n('frames/under')} |",
         "| count too high | " + " | ".join(n(f"by_gt/{k}/over") for k in counts) + f" | {n('frames/over')} |", "",
         f"Of the {n('frames/under')} frames counted too low, {n('frames/under_hidden')} hold an object at least half "
-        f"hidden, {n('frames/under_first')} more are first frames and {n('frames/under_other')} are neither.", ""]
+        f"hidden, {n('frames/under_first')} more are first frames, {n('frames/under_carried')} more follow a first "
+        f"frame counted too low with every frame in between too low as well, and {n('frames/under_other')} are none "
+        "of these.", ""]
 
 
 def duration(seconds: float) -> str:

@@ -445,6 +445,21 @@ def test_error_breakdown_classifies_each_miss_and_false_positive():
     assert got["misses/hidden"] == 0 and got["misses/free"] == 2 and got["frames/under_first"] == 1
 
 
+def test_error_breakdown_separates_first_frame_under_counts_carried_on():
+    from scalor.metrics import ErrorBreakdown
+
+    # two objects in four frames; the prediction finds one in frames 0, 1 and 3 and both in frame 2
+    gt = _boxes([[0, 0, .1, .1], [.5, .5, .6, .6]], 2)
+    gt_boxes = torch.from_numpy(np.stack([gt] * 4))[None]
+    gt_ids = torch.tensor([[[0, 1]] * 4])
+    pred_ids = torch.tensor([[[3, -1], [3, -1], [3, 4], [3, -1]]])
+    metric = ErrorBreakdown()
+    metric.update(gt_boxes, pred_ids, gt_boxes, gt_ids)
+    got = {k: int(v) for k, v in metric.compute().items()}
+    assert got["frames/under"] == 3 and got["frames/under_first"] == 1
+    assert got["frames/under_carried"] == 1 and got["frames/under_other"] == 1
+
+
 def test_error_breakdown_totals_equal_the_tracking_metrics():
     from scalor.metrics import ErrorBreakdown
 

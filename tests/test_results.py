@@ -47,7 +47,8 @@ def test_results_page_from_run_folders(tmp_path):
     errors = {"misses": 9, "misses/hidden": 1, "misses/in_matched": 2, "misses/in_unmatched": 4, "misses/free": 2,
               "false_positives": 5, "false_positives/merge": 3, "false_positives/one": 2, "false_positives/empty": 0,
               "frames": 20, "frames/under": 6, "frames/under_hidden": 1, "frames/under_first": 2,
-              "frames/under_other": 3, "frames/over": 1, "by_gt/1/frames": 8, "by_gt/1/under": 0, "by_gt/1/over": 1,
+              "frames/under_carried": 2, "frames/under_other": 1, "frames/over": 1, "by_gt/1/frames": 8,
+              "by_gt/1/under": 0, "by_gt/1/over": 1,
               "by_gt/3/frames": 12, "by_gt/3/under": 6, "by_gt/3/over": 0}
     fake_run(outputs, "easy", "c", task="test", checkpoint=ckpt,
              metrics={"test/nll": 1234.5, **{f"test/errors/{k}": float(v) for k, v in errors.items()}})

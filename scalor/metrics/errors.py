@@ -10,8 +10,9 @@ per-frame assignment), then classified by geometry:
 - a **false positive** is a ``merge`` when two or more ground-truth centres lie inside it, ``one`` with one
   (a misplaced or duplicate box), ``empty`` with none;
 - a frame whose predicted count is below the ground truth is ``under`` and, by its likely cause, ``under_hidden``
-  (some object at least ``hidden_threshold`` hidden), else ``under_first`` (first frame), else ``under_other``;
-  one above is ``over``. Frames and count errors are also kept per ground-truth count (``by_gt``).
+  (some object at least ``hidden_threshold`` hidden), else ``under_first`` (first frame), else ``under_carried``
+  (every earlier frame of the sequence was counted too low as well: a first-frame error carried on), else
+  ``under_other``; one above is ``over``. Frames and count errors are also kept per ground-truth count (``by_gt``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ __all__ = ["ErrorBreakdown"]
 
 MISS_KINDS = ("hidden", "in_matched", "in_unmatched", "free")
 FP_KINDS = ("merge", "one", "empty")
-UNDER_CAUSES = ("under_hidden", "under_first", "under_other")
+UNDER_CAUSES = ("under_hidden", "under_first", "under_carried", "under_other")
 COUNTS = ("frames", "under", "over")  # per ground-truth count
 
 
@@ -69,6 +70,7 @@ class ErrorBreakdown(Metric):
         for b in range(gi.shape[0]):
             record: list = []
             match_sequence(pb[b], pi[b], gb[b], gi[b], record=record)
+            under_so_far = True  # every frame so far counted too low
             for t, (gt_hit, pred_hit) in enumerate(record):
                 g_on, p_on = gi[b, t] >= 0, pi[b, t] >= 0
                 g_box = gb[b, t]
@@ -87,10 +89,12 @@ class ErrorBreakdown(Metric):
                 row[COUNTS.index("frames")] += 1
                 if n_pred < n_gt:
                     row[COUNTS.index("under")] += 1
-                    cause = "under_hidden" if is_hidden.any() else "under_first" if t == 0 else "under_other"
+                    cause = ("under_hidden" if is_hidden.any() else "under_first" if t == 0
+                             else "under_carried" if under_so_far else "under_other")
                     causes[UNDER_CAUSES.index(cause)] += 1
                 elif n_pred > n_gt:
                     row[COUNTS.index("over")] += 1
+                under_so_far &= n_pred < n_gt
         for name, value in (("misses", misses), ("false_positives", fps), ("under_causes", causes),
                             ("by_gt", by_gt)):
             state = getattr(self, name)
