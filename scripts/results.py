@@ -169,9 +169,10 @@ def error_lines(metrics: dict) -> list[str]:
         "| count too low | " + " | ".join(n(f"by_gt/{k}/under") for k in counts) + f" | {n('frames/under')} |",
         "| count too high | " + " | ".join(n(f"by_gt/{k}/over") for k in counts) + f" | {n('frames/over')} |", "",
         f"Of the {n('frames/under')} frames counted too low, {n('frames/under_hidden')} hold an object at least half "
-        f"hidden, {n('frames/under_first')} more are first frames, {n('frames/under_carried')} more follow a first "
-        f"frame counted too low with every frame in between too low as well, and {n('frames/under_other')} are none "
-        "of these.", ""]
+        f"hidden, {n('frames/under_first')} more are first frames, "
+        + (f"{n('frames/under_carried')} more follow a first frame counted too low with every frame in between too "
+           f"low as well, and {n('frames/under_other')} are none of these." if "frames/under_carried" in e else
+           f"and {n('frames/under_other')} are neither."), ""]
 
 
 def duration(seconds: float) -> str:
@@ -186,8 +187,9 @@ def section(run_dir: Path, docs: Path) -> str:
     nll_run = None if metrics.get("test/nll") is not None else nll_from_tests(run_dir, summary.get("checkpoint"))
     if nll_run is not None:
         metrics["test/nll"] = nll_run["metrics"]["test/nll"]
-        if not any(k.startswith(ERRORS) for k in metrics):  # the breakdown of the same checkpoint
-            metrics.update({k: v for k, v in nll_run["metrics"].items() if k.startswith(ERRORS)})
+        errors = {k: v for k, v in nll_run["metrics"].items() if k.startswith(ERRORS)}
+        if errors:  # the same checkpoint's breakdown from the later run, which may know more kinds of error
+            metrics = {**{k: v for k, v in metrics.items() if not k.startswith(ERRORS)}, **errors}
     out = docs / "results" / name
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"### {name}", "", f"`{summary['command']}`", "",

@@ -43,7 +43,8 @@ def test_results_page_from_run_folders(tmp_path):
     fake_run(outputs, "easy", "a", metrics={"test/mota": 0.1}, finished="2026-01-01 00:00:00")
     run = fake_run(outputs, "easy", "b", checkpoint=ckpt, finished="2026-01-02 00:00:00",
                    metrics={"test/mota": 0.5, "test/motp": 0.8, "test/idf1": 0.7, "test/id_switches": 3.0,
-                            "test/count_acc": 0.6, "test/neg_elbo": -15000.0})
+                            "test/count_acc": 0.6, "test/neg_elbo": -15000.0,
+                            "test/errors/misses": 99.0, "test/errors/frames/under_other": 5.0})  # an older breakdown
     errors = {"misses": 9, "misses/hidden": 1, "misses/in_matched": 2, "misses/in_unmatched": 4, "misses/free": 2,
               "false_positives": 5, "false_positives/merge": 3, "false_positives/one": 2, "false_positives/empty": 0,
               "frames": 20, "frames/under": 6, "frames/under_hidden": 1, "frames/under_first": 2,
@@ -74,7 +75,8 @@ def test_results_page_from_run_folders(tmp_path):
     assert "40 optimiser steps" in page and "`python" in page
     assert "| 9 | 1 | 2 | 4 | 2 | 5 | 3 | 2 | 0 |" in page  # the error breakdown, from the test of the checkpoint
     assert "| objects in the frame | 1 | 3 | all |" in page and "| count too low | 0 | 6 | 6 |" in page
-    assert "Of the 6 frames counted too low, 1 hold" in page
+    assert "Of the 6 frames counted too low, 1 hold" in page and "2 more follow a first frame" in page
+    assert "| 99 |" not in page  # the test run's breakdown of the same checkpoint replaces the fit's older one
     for name in ("curves.png", "tracking.png", "tracking.avi"):
         assert (docs / "results" / "easy" / name).is_file(), name
     assert cv2.imread(str(docs / "results" / "easy" / "tracking.png")).shape[:2] == (16, 5 * 32)
