@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from .distributions import (bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob, prob_to_logit,
                             relaxed_bernoulli, sample_normal)
 from .encoders import Decode, Encode, cg, log2_int
-from .render import BoxCoder, Windows, gather_windows, render_windows, scatter_windows_amax, window_masks
+from .render import (BoxCoder, Windows, gather_windows, mask_overlaps, render_windows, scatter_windows_amax,
+                     window_masks)
 
 PRES_LOGIT_FACTOR = 8.8
 
@@ -147,13 +148,12 @@ class Discovery(nn.Module):
             covered = (mask & (seen > rank[..., None, None])).flatten(2).sum(-1)
             return covered >= self.explained_ratio_threshold * area
         stronger = (rank[:, None, :] > rank[:, :, None]) & (strength > 0)[:, None, :]
-        return (stronger & self._explained_by_one(full @ full.transpose(1, 2), area, area,
-                                                  self.duplicate_min_iou)).any(-1)
+        return (stronger & self._explained_by_one(full, area, full, self.duplicate_min_iou)).any(-1)
 
-    def _explained_by_one(self, inter: Tensor, area: Tensor, other_area: Tensor, min_iou: float) -> Tensor:
-        """inter (B,K,M): mask pixels that proposal k shares with object m; area (B,K), other_area (B,M) ->
-        (B,K,M) bool: m alone covers ``explained_ratio_threshold`` of k's mask and their IoU is at least min_iou."""
-        iou = inter / (area[:, :, None] + other_area[:, None, :] - inter + 1e-15)
+    def _explained_by_one(self, full: Tensor, area: Tensor, others: Tensor, min_iou: float) -> Tensor:
+        """Proposal masks full (B,K,H*W) with areas (B,K), object masks others (B,M,H*W) -> (B,K,M) bool: object m
+        alone covers ``explained_ratio_threshold`` of proposal k's mask and their IoU is at least min_iou."""
+        inter, iou = mask_overlaps(full, others)
         return (inter >= self.explained_ratio_threshold * area[:, :, None]) & (iou >= min_iou)
 
     def forward(self, feats: Tensor | None, frame: Tensor | None, alpha_prop: Tensor, lengths: Tensor,
@@ -214,9 +214,7 @@ class Discovery(nn.Module):
             pairwise = (reject and self.reject_min_iou > 0) or (dedup and self.duplicate_min_iou > 0)
             full = window_masks(win, mask, self.img_hw).to(area.dtype) if pairwise else None  # (B, K, H*W)
         if reject and self.reject_min_iou > 0:
-            others = prop_masks.to(area.dtype)
-            accept = ~self._explained_by_one(full @ others.transpose(1, 2), area, others.sum(-1),
-                                             self.reject_min_iou).any(-1)
+            accept = ~self._explained_by_one(full, area, prop_masks.to(area.dtype), self.reject_min_iou).any(-1)
         elif reject:
             covered = mask & (gather_windows(win, alpha_prop, self.img_hw)[:, :, 0] > 0.1)
             accept = covered.flatten(2).sum(-1) < self.explained_ratio_threshold * area

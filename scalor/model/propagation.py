@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .distributions import (bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob, prob_to_logit,
                             relaxed_bernoulli, sample_normal)
 from .encoders import Decode, Encode, cg
-from .render import BoxCoder, Windows, extract, render_windows, window_masks
+from .render import BoxCoder, Windows, extract, mask_overlaps, presence_masks, render_windows
 from .state import ObjectState
 
 PRES_LOGIT_FACTOR = 8.8
@@ -118,14 +118,11 @@ class Propagation(nn.Module):
         self.prior = PropagationPrior(z_what_dim)
 
     def _copies(self, win: Windows, z_pres: Tensor) -> Tensor:
-        """(B,N) bool: objects whose mask (presence times alpha > 0.1) has IoU >= ``duplicate_iou`` with the mask of
-        an object in an earlier slot (tracked longer: slots keep their order). Compares all N x N pairs."""
+        """(B,N) bool: objects whose mask (``presence_masks``) has IoU >= ``duplicate_iou`` with the mask of an
+        object in an earlier slot (tracked longer: slots keep their order). Compares all N x N pairs."""
         with torch.no_grad():
-            on = (win.data[:, :, 3] * z_pres[..., None, None] > 0.1) & win.valid
-            full = window_masks(win, on, self.img_hw).to(z_pres.dtype)  # (B, N, H*W)
-            inter = full @ full.transpose(1, 2)
-            area = full.sum(-1)
-            iou = inter / (area[:, :, None] + area[:, None, :] - inter + 1e-15)
+            full = presence_masks(win, z_pres, self.img_hw).to(z_pres.dtype)  # (B, N, H*W)
+            inter, iou = mask_overlaps(full, full)
             n = z_pres.shape[1]
             earlier = torch.ones(n, n, dtype=torch.bool, device=z_pres.device).tril(-1)  # [j, i]: i < j
             return (earlier & (iou >= self.duplicate_iou) & (inter > 0)).any(-1)

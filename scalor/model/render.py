@@ -147,6 +147,19 @@ def window_masks(win: Windows, mask: Tensor, img_hw: tuple[int, int]) -> Tensor:
     return full[..., : h * w]
 
 
+def presence_masks(win: Windows, z_pres: Tensor, img_hw: tuple[int, int]) -> Tensor:
+    """Where objects draw: presence times rendered alpha > 0.1 (the reference's "explained" level), on full
+    canvases. win (B, M, 4, wh, ww), z_pres (B, M) -> (B, M, H*W) bool."""
+    return window_masks(win, win.data[:, :, 3] * z_pres[..., None, None].detach() > 0.1, img_hw)
+
+
+def mask_overlaps(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Full-canvas masks a (B, K, P), b (B, M, P) as floats -> shared pixels (B, K, M) and their IoU (B, K, M)."""
+    inter = a @ b.transpose(1, 2)
+    union = a.sum(-1)[:, :, None] + b.sum(-1)[:, None, :] - inter
+    return inter, inter / (union + 1e-15)
+
+
 def gather_windows(win: Windows, canvas: Tensor, img_hw: tuple[int, int]) -> Tensor:
     """Read a canvas at each window's pixels (0 outside the image). (B,C,H,W) -> (B,M,C,wh,ww)."""
     bsz, c = canvas.shape[:2]

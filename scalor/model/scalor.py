@@ -18,7 +18,7 @@ from .distributions import EPS, clamp_st, normal_log_prob
 from .encoders import GlimpseDecoder, GlimpseEncoder, ImageEncoder
 from .propagation import Propagation, PropagationStep
 from .render import (BoxCoder, Windows, boxes_to_xyxy, extract, gather_windows, mask_boxes, scatter_windows, scatter_windows_amax,
-                     window_masks, window_size)
+                     presence_masks, window_size)
 from .state import Carry, ObjectState, SequenceOutput
 
 GLIMPSE_SIZES = (16, 32, 64)
@@ -203,11 +203,6 @@ class SCALOR(nn.Module):
         canvas = scatter_windows(win, values, self.img_hw)
         return _Composite(canvas[:, :1], canvas[:, 1:2], canvas[:, 2:])
 
-    def _masks(self, prop: PropagationStep) -> Tensor:
-        """(B, N, H*W) bool: where each propagated object draws (presence times alpha > 0.1)."""
-        win = prop.windows
-        return window_masks(win, win.data[:, :, 3] * prop.z_pres[..., None, None].detach() > 0.1, self.img_hw)
-
     def _new_ids(self, disc_pres: Tensor, next_id: Tensor) -> Tensor:
         """(B, K) IDs for cells that start a track (next unused IDs in raster order), 0 elsewhere."""
         start = disc_pres > self.z_pres_disc_threshold
@@ -322,8 +317,8 @@ class SCALOR(nn.Module):
                                   encoder=self._encode, decoder=self._decode, deterministic=det,
                                   imagine=imagine, log_imp=log_imp,
                                   skip_below=0.0 if self.training else self.skip_glimpse_below,
-                                  prop_masks=self._masks(prop) if prop is not None and self.discovery.reject_min_iou > 0
-                                  else None)
+                                  prop_masks=presence_masks(prop.windows, prop.z_pres, self.img_hw)
+                                  if prop is not None and self.discovery.reject_min_iou > 0 else None)
             for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
                 terms[key].append(getattr(disc, key) + (getattr(prop, key) if prop is not None else 0))
             if track_only:  # boxes and IDs only: no compositing, background or likelihood
