@@ -35,8 +35,8 @@ def test_default_is_the_quick_experiment_with_the_reference_optimiser_defaults(c
     assert isinstance(opt, torch.optim.RMSprop)
     plain = compose_cfg("experiment=dsprites_crowded", tiny=False)
     assert plain.optimizer.lr == 4e-5 and plain.scheduler is None
-    tuned = compose_cfg("experiment=dsprites_easy", tiny=False)  # tuned for a 30-minute CPU budget (docs/results.md)
-    assert tuned.optimizer._target_ == "torch.optim.Adam" and tuned.train_seq_len == 5
+    tuned = compose_cfg("experiment=dsprites_easy", tiny=False)  # tuned for a 60-minute CPU budget (docs/results.md)
+    assert tuned.optimizer._target_ == "torch.optim.Adam" and tuned.train_seq_len == 10 and tuned.model.sigma == 0.15
 
 
 @pytest.mark.parametrize("grid", ["4x4", "8x8", "16x16"])
