@@ -206,11 +206,11 @@ def test_track_duplicate_iou_drops_the_later_copy_of_a_track():
     assert not prop._copies(win, torch.tensor([[0.0, 1.0, 1.0, 1.0]])).any()  # an absent object has no mask
 
 
-def _dedup_case(min_iou=0.0):
+def _dedup_case(min_iou=0.0, ratio=None):
     coder = BoxCoder(size_anc=0.2, var_s=0.05, ratio_anc=1.0, var_anc=0.5)  # windows hold boxes up to 0.35
     s = 16
     disc = Discovery(64, 4, 4, coder, s, window_size(*coder.max_scale, s, (64, 64)), max_num_obj=100,
-                     reject_duplicates=True, duplicate_min_iou=min_iou)
+                     reject_duplicates=True, duplicate_min_iou=min_iou, duplicate_ratio_threshold=ratio)
     return disc, s
 
 
@@ -247,6 +247,21 @@ def test_duplicate_min_iou_keeps_an_object_inside_a_stronger_two_object_blob(min
     assert not dup[0, 0] and not dup[0, 3]
     assert bool(dup[0, 1]) is not kept  # IoU with the blob about 0.5: a duplicate only by coverage
     assert dup[0, 2]  # IoU with the object it copies near 1: a duplicate either way
+
+
+@pytest.mark.parametrize("min_iou", [0.0, 0.2])
+@pytest.mark.parametrize("ratio,overlapping_kept", [(None, False), (0.3, False), (0.8, True)])
+def test_duplicate_ratio_threshold_keeps_a_partly_covered_neighbour(min_iou, ratio, overlapping_kept):
+    disc, s = _dedup_case(min_iou, ratio)
+    assert disc.duplicate_ratio_threshold == (0.3 if ratio is None else ratio)  # null: explained_ratio_threshold
+    z_where = torch.tensor([[0.1, 0.1, -0.5, 0.0],    # an object (the strongest)
+                            [0.1, 0.1, -0.4, 0.0],    # a neighbour overlapping half of it
+                            [0.1, 0.1, -0.49, 0.0]])[None]  # a near copy of the first
+    win, mask, area = _masks(disc, s, z_where)
+    full = window_masks(win, mask, (64, 64)).float() if min_iou else None
+    dup = disc._duplicates(win, mask, area, full, torch.tensor([[0.99, 0.9, 0.8]]))
+    assert not dup[0, 0] and dup[0, 2]  # a copy is covered beyond any threshold
+    assert bool(dup[0, 1]) is not overlapping_kept
 
 
 def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals():
@@ -402,6 +417,7 @@ def test_importance_weighted_nll_is_finite():
     (dict(duplicate_min_iou=1.5), "duplicate_min_iou"),
     (dict(reject_min_iou=-0.1), "reject_min_iou"),
     (dict(track_duplicate_iou=1.1), "track_duplicate_iou"),
+    (dict(duplicate_ratio_threshold=0.0), "duplicate_ratio_threshold"),
 ])
 def test_impossible_configs_raise_one_clear_error(kw, key):
     with pytest.raises(ConfigError, match=key):

@@ -94,7 +94,7 @@ class Discovery(nn.Module):
                  win_hw: tuple[int, int], max_num_obj: int, explained_ratio_threshold: float = 0.3,
                  gen_disc_pres_probs: float = 0.1, kl_weight_pre_rejection: bool = True, z_what_dim: int = 64,
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
-                 reject_min_iou: float = 0.0):
+                 reject_min_iou: float = 0.0, duplicate_ratio_threshold: float | None = None):
         super().__init__()
         self.proposal = ProposalNet(img_size, num_cell_h, num_cell_w)
         self.img_hw = (img_size, img_size)
@@ -110,6 +110,8 @@ class Discovery(nn.Module):
         self.center_range = center_range
         self.reject_duplicates = reject_duplicates
         self.duplicate_min_iou = duplicate_min_iou
+        self.duplicate_ratio_threshold = (explained_ratio_threshold if duplicate_ratio_threshold is None
+                                          else duplicate_ratio_threshold)
         self.reject_min_iou = reject_min_iou
         rows, cols = torch.meshgrid(torch.arange(num_cell_h), torch.arange(num_cell_w), indexing="ij")
         self.register_buffer("cell_xy", torch.stack([cols.flatten(), rows.flatten()], -1).float(), persistent=False)
@@ -132,7 +134,7 @@ class Discovery(nn.Module):
         strength (B,K) (a proposal of strength 0 covers nothing; ties go to the earlier cell).
 
         duplicate_min_iou = 0: the masks of all stronger proposals together cover at least
-        ``explained_ratio_threshold`` of the proposal's mask (one scatter-max of ranks over the frame, no K x K).
+        ``duplicate_ratio_threshold`` of the proposal's mask (one scatter-max of ranks over the frame, no K x K).
         duplicate_min_iou > 0: one stronger proposal alone covers that much of it and their masks' IoU is at least
         duplicate_min_iou, so a copy (IoU near 1) goes while an object inside a stronger proposal that draws it and
         a neighbour (IoU about 0.5 or less) stays; this compares all K x K pairs of masks (one batched matmul).
@@ -146,15 +148,17 @@ class Discovery(nn.Module):
                                        self.img_hw)
             seen = gather_windows(win, top[:, None], self.img_hw)[:, :, 0]  # (B, K, wh, ww)
             covered = (mask & (seen > rank[..., None, None])).flatten(2).sum(-1)
-            return covered >= self.explained_ratio_threshold * area
+            return covered >= self.duplicate_ratio_threshold * area
         stronger = (rank[:, None, :] > rank[:, :, None]) & (strength > 0)[:, None, :]
-        return (stronger & self._explained_by_one(full, area, full, self.duplicate_min_iou)).any(-1)
+        explained = self._explained_by_one(full, area, full, self.duplicate_min_iou, self.duplicate_ratio_threshold)
+        return (stronger & explained).any(-1)
 
-    def _explained_by_one(self, full: Tensor, area: Tensor, others: Tensor, min_iou: float) -> Tensor:
+    def _explained_by_one(self, full: Tensor, area: Tensor, others: Tensor, min_iou: float,
+                          ratio: float) -> Tensor:
         """Proposal masks full (B,K,H*W) with areas (B,K), object masks others (B,M,H*W) -> (B,K,M) bool: object m
-        alone covers ``explained_ratio_threshold`` of proposal k's mask and their IoU is at least min_iou."""
+        alone covers ``ratio`` of proposal k's mask and their IoU is at least min_iou."""
         inter, iou = mask_overlaps(full, others)
-        return (inter >= self.explained_ratio_threshold * area[:, :, None]) & (iou >= min_iou)
+        return (inter >= ratio * area[:, :, None]) & (iou >= min_iou)
 
     def forward(self, feats: Tensor | None, frame: Tensor | None, alpha_prop: Tensor, lengths: Tensor,
                 z_pres_prior: float, tau: float, reject: bool, encoder: Encode,
@@ -214,7 +218,8 @@ class Discovery(nn.Module):
             pairwise = (reject and self.reject_min_iou > 0) or (dedup and self.duplicate_min_iou > 0)
             full = window_masks(win, mask, self.img_hw).to(area.dtype) if pairwise else None  # (B, K, H*W)
         if reject and self.reject_min_iou > 0:
-            accept = ~self._explained_by_one(full, area, prop_masks.to(area.dtype), self.reject_min_iou).any(-1)
+            accept = ~self._explained_by_one(full, area, prop_masks.to(area.dtype), self.reject_min_iou,
+                                             self.explained_ratio_threshold).any(-1)
         elif reject:
             covered = mask & (gather_windows(win, alpha_prop, self.img_hw)[:, :, 0] > 0.1)
             accept = covered.flatten(2).sum(-1) < self.explained_ratio_threshold * area

@@ -56,7 +56,8 @@ class SCALOR(nn.Module):
                  checkpoint_encoder: bool = True, channels_last: bool = True, fixed_slots: bool = False,
                  compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask",
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
-                 reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64):
+                 reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
+                 duplicate_ratio_threshold: float | None = None):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -66,7 +67,7 @@ class SCALOR(nn.Module):
                              observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source,
                              center_range=center_range, duplicate_min_iou=duplicate_min_iou,
                              reject_min_iou=reject_min_iou, track_duplicate_iou=track_duplicate_iou,
-                             z_what_dim=z_what_dim)
+                             z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -96,7 +97,8 @@ class SCALOR(nn.Module):
         self.discovery = Discovery(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw, max_num_obj,
                                    explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection,
                                    z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates,
-                                   duplicate_min_iou=duplicate_min_iou, reject_min_iou=reject_min_iou)
+                                   duplicate_min_iou=duplicate_min_iou, reject_min_iou=reject_min_iou,
+                                   duplicate_ratio_threshold=duplicate_ratio_threshold)
         self.background = None if no_background else Background(img_size, bg_decoder)
         if channels_last:  # NHWC convolution weights: oneDNN/cuDNN pick their faster NHWC kernels (exact)
             for net in (self.glimpse_encoder, self.glimpse_decoder):
@@ -111,7 +113,7 @@ class SCALOR(nn.Module):
                         gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
                         box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
                         reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
-                        **_ignored) -> None:
+                        duplicate_ratio_threshold: float | None = None, **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
         if box_source not in ("mask", "where"):
             raise ConfigError(f"model.box_source={box_source} is unknown; use mask (tight boxes of what each object "
@@ -147,6 +149,9 @@ class SCALOR(nn.Module):
             raise ConfigError(f"model.var_anc={var_anc} must be in [0, model.ratio_anc={ratio_anc}).")
         if not (0 < explained_ratio_threshold <= 1):
             raise ConfigError(f"model.explained_ratio_threshold={explained_ratio_threshold} must be in (0, 1].")
+        if duplicate_ratio_threshold is not None and not (0 < duplicate_ratio_threshold <= 1):
+            raise ConfigError(f"model.duplicate_ratio_threshold={duplicate_ratio_threshold} must be in (0, 1] "
+                              "(or null: model.explained_ratio_threshold).")
         if not (0 <= z_pres_disc_threshold < 1):
             raise ConfigError(f"model.z_pres_disc_threshold={z_pres_disc_threshold} must be in [0, 1).")
         if not (0 < gen_disc_pres_probs < 1):
