@@ -10,8 +10,8 @@ from scalor.model import SCALOR, Schedule
 from scalor.model.discovery import Discovery
 from scalor.model.distributions import kl_bernoulli, kl_normal
 from scalor.model.encoders import GlimpseDecoder, GlimpseEncoder
-from scalor.model.render import (BoxCoder, extract, gather_windows, mask_boxes, render_full, render_windows,
-                                 scatter_windows, window_masks, window_size)
+from scalor.model.render import (BoxCoder, extract, gather_windows, mask_boxes, mask_overlaps, render_full,
+                                 render_windows, scatter_windows, window_masks, window_size)
 from scalor.model.state import ObjectState
 
 torch.set_num_threads(1)
@@ -206,11 +206,12 @@ def test_track_duplicate_iou_drops_the_later_copy_of_a_track():
     assert not prop._copies(win, torch.tensor([[0.0, 1.0, 1.0, 1.0]])).any()  # an absent object has no mask
 
 
-def _dedup_case(min_iou=0.0, ratio=None):
+def _dedup_case(min_iou=0.0, ratio=None, copy_iou=0.0):
     coder = BoxCoder(size_anc=0.2, var_s=0.05, ratio_anc=1.0, var_anc=0.5)  # windows hold boxes up to 0.35
     s = 16
     disc = Discovery(64, 4, 4, coder, s, window_size(*coder.max_scale, s, (64, 64)), max_num_obj=100,
-                     reject_duplicates=True, duplicate_min_iou=min_iou, duplicate_ratio_threshold=ratio)
+                     reject_duplicates=True, duplicate_min_iou=min_iou, duplicate_ratio_threshold=ratio,
+                     duplicate_copy_iou=copy_iou)
     return disc, s
 
 
@@ -262,6 +263,21 @@ def test_duplicate_ratio_threshold_keeps_a_partly_covered_neighbour(min_iou, rat
     dup = disc._duplicates(win, mask, area, full, torch.tensor([[0.99, 0.9, 0.8]]))
     assert not dup[0, 0] and dup[0, 2]  # a copy is covered beyond any threshold
     assert bool(dup[0, 1]) is not overlapping_kept
+
+
+@pytest.mark.parametrize("copy_iou,copy_kept", [(0.0, True), (0.5, False)])
+def test_duplicate_copy_iou_drops_a_copy_drawn_with_a_wider_mask(copy_iou, copy_kept):
+    disc, s = _dedup_case(ratio=0.8, copy_iou=copy_iou)
+    z_where = torch.tensor([[0.1, 0.1, -0.5, 0.0],      # an object (the strongest)
+                            [0.13, 0.13, -0.5, 0.0],    # the same object drawn with a wider mask: a copy
+                            [0.1, 0.1, -0.4, 0.0]])[None]  # a neighbour overlapping half of it
+    win, mask, area = _masks(disc, s, z_where)
+    full = window_masks(win, mask, (64, 64)).float()
+    inter, iou = mask_overlaps(full, full)
+    assert inter[0, 1, 0] < 0.8 * area[0, 1] and iou[0, 1, 0] >= 0.5 and iou[0, 2, 0] < 0.5
+    dup = disc._duplicates(win, mask, area, full, torch.tensor([[0.99, 0.9, 0.8]]))
+    assert not dup[0, 0] and not dup[0, 2]  # the overlapping neighbour stays either way
+    assert bool(dup[0, 1]) is not copy_kept
 
 
 def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals():
@@ -418,6 +434,7 @@ def test_importance_weighted_nll_is_finite():
     (dict(reject_min_iou=-0.1), "reject_min_iou"),
     (dict(track_duplicate_iou=1.1), "track_duplicate_iou"),
     (dict(duplicate_ratio_threshold=0.0), "duplicate_ratio_threshold"),
+    (dict(duplicate_copy_iou=1.5), "duplicate_copy_iou"),
 ])
 def test_impossible_configs_raise_one_clear_error(kw, key):
     with pytest.raises(ConfigError, match=key):

@@ -94,7 +94,8 @@ class Discovery(nn.Module):
                  win_hw: tuple[int, int], max_num_obj: int, explained_ratio_threshold: float = 0.3,
                  gen_disc_pres_probs: float = 0.1, kl_weight_pre_rejection: bool = True, z_what_dim: int = 64,
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
-                 reject_min_iou: float = 0.0, duplicate_ratio_threshold: float | None = None):
+                 reject_min_iou: float = 0.0, duplicate_ratio_threshold: float | None = None,
+                 duplicate_copy_iou: float = 0.0):
         super().__init__()
         self.proposal = ProposalNet(img_size, num_cell_h, num_cell_w)
         self.img_hw = (img_size, img_size)
@@ -110,6 +111,7 @@ class Discovery(nn.Module):
         self.center_range = center_range
         self.reject_duplicates = reject_duplicates
         self.duplicate_min_iou = duplicate_min_iou
+        self.duplicate_copy_iou = duplicate_copy_iou
         self.duplicate_ratio_threshold = (explained_ratio_threshold if duplicate_ratio_threshold is None
                                           else duplicate_ratio_threshold)
         self.reject_min_iou = reject_min_iou
@@ -130,7 +132,7 @@ class Discovery(nn.Module):
 
     def _duplicates(self, win: Windows, mask: Tensor, area: Tensor, full: Tensor | None, strength: Tensor) -> Tensor:
         """(B,K) bool: proposals that a more present proposal of the same frame explains. mask (B,K,wh,ww),
-        area (B,K) its pixel counts, full (B,K,H*W) the masks on full canvases (needed with duplicate_min_iou),
+        area (B,K) its pixel counts, full (B,K,H*W) the masks on full canvases (needed with duplicate_min_iou or duplicate_copy_iou),
         strength (B,K) (a proposal of strength 0 covers nothing; ties go to the earlier cell).
 
         duplicate_min_iou = 0: the masks of all stronger proposals together cover at least
@@ -138,20 +140,28 @@ class Discovery(nn.Module):
         duplicate_min_iou > 0: one stronger proposal alone covers that much of it and their masks' IoU is at least
         duplicate_min_iou, so a copy (IoU near 1) goes while an object inside a stronger proposal that draws it and
         a neighbour (IoU about 0.5 or less) stays; this compares all K x K pairs of masks (one batched matmul).
+        duplicate_copy_iou > 0: also a duplicate, whatever the share covered, when one stronger proposal's mask has
+        at least this IoU with it (a copy drawn with a wider mask; K x K as well).
         """
         k = strength.shape[1]
         order = torch.sort(strength, dim=-1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(k, 0, -1, device=order.device).expand_as(order))
         on = mask & (strength > 0)[..., None, None]  # rank: K for the strongest proposal, 1 for the weakest
+        stronger = (rank[:, None, :] > rank[:, :, None]) & (strength > 0)[:, None, :]
         if self.duplicate_min_iou <= 0:
             top = scatter_windows_amax(win, torch.where(on, rank[..., None, None].to(win.data.dtype), 0.0),
                                        self.img_hw)
             seen = gather_windows(win, top[:, None], self.img_hw)[:, :, 0]  # (B, K, wh, ww)
             covered = (mask & (seen > rank[..., None, None])).flatten(2).sum(-1)
-            return covered >= self.duplicate_ratio_threshold * area
-        stronger = (rank[:, None, :] > rank[:, :, None]) & (strength > 0)[:, None, :]
-        explained = self._explained_by_one(full, area, full, self.duplicate_min_iou, self.duplicate_ratio_threshold)
-        return (stronger & explained).any(-1)
+            dup = covered >= self.duplicate_ratio_threshold * area
+        else:
+            explained = self._explained_by_one(full, area, full, self.duplicate_min_iou,
+                                               self.duplicate_ratio_threshold)
+            dup = (stronger & explained).any(-1)
+        if self.duplicate_copy_iou > 0:
+            inter, iou = mask_overlaps(full, full)
+            dup = dup | (stronger & (iou >= self.duplicate_copy_iou) & (inter > 0)).any(-1)
+        return dup
 
     def _explained_by_one(self, full: Tensor, area: Tensor, others: Tensor, min_iou: float,
                           ratio: float) -> Tensor:
@@ -215,7 +225,8 @@ class Discovery(nn.Module):
         if checked:
             mask = (win.data[:, :, 3] > 0.3) & win.valid  # (B, K, wh, ww)
             area = mask.flatten(2).sum(-1) + 1e-15
-            pairwise = (reject and self.reject_min_iou > 0) or (dedup and self.duplicate_min_iou > 0)
+            pairwise = (reject and self.reject_min_iou > 0) or (
+                dedup and (self.duplicate_min_iou > 0 or self.duplicate_copy_iou > 0))
             full = window_masks(win, mask, self.img_hw).to(area.dtype) if pairwise else None  # (B, K, H*W)
         if reject and self.reject_min_iou > 0:
             accept = ~self._explained_by_one(full, area, prop_masks.to(area.dtype), self.reject_min_iou,

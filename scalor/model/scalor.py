@@ -57,7 +57,7 @@ class SCALOR(nn.Module):
                  compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask",
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
-                 duplicate_ratio_threshold: float | None = None):
+                 duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -67,7 +67,8 @@ class SCALOR(nn.Module):
                              observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source,
                              center_range=center_range, duplicate_min_iou=duplicate_min_iou,
                              reject_min_iou=reject_min_iou, track_duplicate_iou=track_duplicate_iou,
-                             z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold)
+                             z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold,
+                             duplicate_copy_iou=duplicate_copy_iou)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -98,7 +99,8 @@ class SCALOR(nn.Module):
                                    explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection,
                                    z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates,
                                    duplicate_min_iou=duplicate_min_iou, reject_min_iou=reject_min_iou,
-                                   duplicate_ratio_threshold=duplicate_ratio_threshold)
+                                   duplicate_ratio_threshold=duplicate_ratio_threshold,
+                                   duplicate_copy_iou=duplicate_copy_iou)
         self.background = None if no_background else Background(img_size, bg_decoder)
         if channels_last:  # NHWC convolution weights: oneDNN/cuDNN pick their faster NHWC kernels (exact)
             for net in (self.glimpse_encoder, self.glimpse_decoder):
@@ -113,7 +115,8 @@ class SCALOR(nn.Module):
                         gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
                         box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
                         reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
-                        duplicate_ratio_threshold: float | None = None, **_ignored) -> None:
+                        duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
+                        **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
         if box_source not in ("mask", "where"):
             raise ConfigError(f"model.box_source={box_source} is unknown; use mask (tight boxes of what each object "
@@ -121,7 +124,7 @@ class SCALOR(nn.Module):
         if not (0 < center_range <= 1):
             raise ConfigError(f"model.center_range={center_range} must be in (0, 1] (cells; 1 is the reference's).")
         for key, value in (("duplicate_min_iou", duplicate_min_iou), ("reject_min_iou", reject_min_iou),
-                           ("track_duplicate_iou", track_duplicate_iou)):
+                           ("track_duplicate_iou", track_duplicate_iou), ("duplicate_copy_iou", duplicate_copy_iou)):
             if not (0 <= value <= 1):
                 raise ConfigError(f"model.{key}={value} must be in [0, 1] (0: off).")
         if not (_pow2(img_size) and img_size >= 32):
