@@ -132,8 +132,8 @@ class Discovery(nn.Module):
 
     def _duplicates(self, win: Windows, mask: Tensor, area: Tensor, full: Tensor | None, strength: Tensor) -> Tensor:
         """(B,K) bool: proposals that a more present proposal of the same frame explains. mask (B,K,wh,ww),
-        area (B,K) its pixel counts, full (B,K,H*W) the masks on full canvases (needed with duplicate_min_iou or duplicate_copy_iou),
-        strength (B,K) (a proposal of strength 0 covers nothing; ties go to the earlier cell).
+        area (B,K) its pixel counts, full (B,K,H*W) the masks on full canvases (needed with duplicate_min_iou or
+        duplicate_copy_iou), strength (B,K) (a proposal of strength 0 covers nothing; ties go to the earlier cell).
 
         duplicate_min_iou = 0: the masks of all stronger proposals together cover at least
         ``duplicate_ratio_threshold`` of the proposal's mask (one scatter-max of ranks over the frame, no K x K).
@@ -146,28 +146,29 @@ class Discovery(nn.Module):
         k = strength.shape[1]
         order = torch.sort(strength, dim=-1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(k, 0, -1, device=order.device).expand_as(order))
-        on = mask & (strength > 0)[..., None, None]  # rank: K for the strongest proposal, 1 for the weakest
-        stronger = (rank[:, None, :] > rank[:, :, None]) & (strength > 0)[:, None, :]
-        if self.duplicate_min_iou <= 0:
+        if self.duplicate_min_iou <= 0:  # rank: K for the strongest proposal, 1 for the weakest
+            on = mask & (strength > 0)[..., None, None]
             top = scatter_windows_amax(win, torch.where(on, rank[..., None, None].to(win.data.dtype), 0.0),
                                        self.img_hw)
             seen = gather_windows(win, top[:, None], self.img_hw)[:, :, 0]  # (B, K, wh, ww)
             covered = (mask & (seen > rank[..., None, None])).flatten(2).sum(-1)
             dup = covered >= self.duplicate_ratio_threshold * area
-        else:
-            explained = self._explained_by_one(full, area, full, self.duplicate_min_iou,
-                                               self.duplicate_ratio_threshold)
-            dup = (stronger & explained).any(-1)
+            if self.duplicate_copy_iou <= 0:
+                return dup
+        stronger = (rank[:, None, :] > rank[:, :, None]) & (strength > 0)[:, None, :]
+        inter, iou = mask_overlaps(full, full)  # one K x K pass for both pairwise tests
+        if self.duplicate_min_iou > 0:
+            dup = (stronger & self._explained_by_one(inter, iou, area, self.duplicate_min_iou,
+                                                     self.duplicate_ratio_threshold)).any(-1)
         if self.duplicate_copy_iou > 0:
-            inter, iou = mask_overlaps(full, full)
             dup = dup | (stronger & (iou >= self.duplicate_copy_iou) & (inter > 0)).any(-1)
         return dup
 
-    def _explained_by_one(self, full: Tensor, area: Tensor, others: Tensor, min_iou: float,
-                          ratio: float) -> Tensor:
-        """Proposal masks full (B,K,H*W) with areas (B,K), object masks others (B,M,H*W) -> (B,K,M) bool: object m
-        alone covers ``ratio`` of proposal k's mask and their IoU is at least min_iou."""
-        inter, iou = mask_overlaps(full, others)
+    @staticmethod
+    def _explained_by_one(inter: Tensor, iou: Tensor, area: Tensor, min_iou: float, ratio: float) -> Tensor:
+        """Shared pixels inter (B,K,M) and mask IoU iou (B,K,M) of proposals and objects (``mask_overlaps``),
+        proposal areas (B,K) -> (B,K,M) bool: object m alone covers ``ratio`` of proposal k's mask and their IoU
+        is at least min_iou."""
         return (inter >= ratio * area[:, :, None]) & (iou >= min_iou)
 
     def forward(self, feats: Tensor | None, frame: Tensor | None, alpha_prop: Tensor, lengths: Tensor,
@@ -229,7 +230,8 @@ class Discovery(nn.Module):
                 dedup and (self.duplicate_min_iou > 0 or self.duplicate_copy_iou > 0))
             full = window_masks(win, mask, self.img_hw).to(area.dtype) if pairwise else None  # (B, K, H*W)
         if reject and self.reject_min_iou > 0:
-            accept = ~self._explained_by_one(full, area, prop_masks.to(area.dtype), self.reject_min_iou,
+            inter, iou = mask_overlaps(full, prop_masks.to(area.dtype))
+            accept = ~self._explained_by_one(inter, iou, area, self.reject_min_iou,
                                              self.explained_ratio_threshold).any(-1)
         elif reject:
             covered = mask & (gather_windows(win, alpha_prop, self.img_hw)[:, :, 0] > 0.1)
