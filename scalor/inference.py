@@ -150,7 +150,7 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
             clip = np.stack([_check_frame(f, n_frames + i, img_hw) for i, f in enumerate(chunk)])
             video = torch.from_numpy(clip).to(dev)[None]  # (1, T, 3, H, W)
             t0 = time.perf_counter()
-            out = model(video, schedule, carry=carry)
+            out = model(video, schedule, carry=carry, track_only=True)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             model_s += time.perf_counter() - t0

@@ -127,20 +127,18 @@ def video_strip(video: Path, path: Path, frames: int = 10) -> bool:
     return bool(cv2.imwrite(str(path), np.concatenate(rows, 0)))
 
 
-def nll_from_tests(run_dir: Path, checkpoint: str | None) -> dict | None:
-    """The summary of the newest task=test run of the same experiment that estimated the NLL (test/nll) of
-    this run's checkpoint."""
+def tests_of(run_dir: Path, checkpoint: str | None) -> list[dict]:
+    """The summaries of the task=test runs of the same experiment that tested this run's checkpoint, oldest
+    first (e.g. the NLL estimate, or other inference settings of the same weights)."""
     if not checkpoint:
-        return None
-    best = None
+        return []
+    found = []
     for path in run_dir.parent.glob(f"*/{SUMMARY_FILE}"):
         summary = read_summary(path.parent)
         if (summary["task"] == "test" and summary.get("checkpoint")
-                and Path(summary["checkpoint"]).resolve() == Path(checkpoint).resolve()
-                and summary["metrics"].get("test/nll") is not None):
-            if best is None or summary["finished"] > best["finished"]:
-                best = summary
-    return best
+                and Path(summary["checkpoint"]).resolve() == Path(checkpoint).resolve()):
+            found.append(summary)
+    return sorted(found, key=lambda x: x["finished"])
 
 
 ERRORS = "test/errors/"
@@ -183,24 +181,36 @@ def duration(seconds: float) -> str:
 def section(run_dir: Path, docs: Path) -> str:
     summary = read_summary(run_dir)
     name = summary["name"]
-    metrics = dict(summary["metrics"])
-    nll_run = None if metrics.get("test/nll") is not None else nll_from_tests(run_dir, summary.get("checkpoint"))
-    if nll_run is not None:
-        metrics["test/nll"] = nll_run["metrics"]["test/nll"]
-        errors = {k: v for k, v in nll_run["metrics"].items() if k.startswith(ERRORS)}
-        if errors:  # the same checkpoint's breakdown from the later run, which may know more kinds of error
-            metrics = {**{k: v for k, v in metrics.items() if not k.startswith(ERRORS)}, **errors}
+    retests = tests_of(run_dir, summary.get("checkpoint"))
+    rows = [("fit", summary["metrics"])] + [(f"re-test {i}", r["metrics"]) for i, r in enumerate(retests, 1)]
     out = docs / "results" / name
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"### {name}", "", f"`{summary['command']}`", "",
              f"Run folder `{run_dir.name}`; {summary['hardware']}; {duration(summary['wall_seconds'])} from start "
              f"to end of the command (data generation, training, validation, test); {summary['steps']} optimiser "
              "steps.", "",
-             "| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
-             "| " + " | ".join(fmt(metrics.get(k)) for _, k in COLUMNS) + " |", ""]
-    if nll_run is not None:
-        lines += [f"NLL from `{nll_run['command']}` (the same checkpoint).", ""]
-    lines += error_lines(metrics)
+             "| test | " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    lines += ["| " + " | ".join([label] + [fmt(m.get(k)) for _, k in COLUMNS]) + " |" for label, m in rows]
+    lines.append("")
+    if retests:
+        lines += ["The fit's own test, then the later tests of the same checkpoint:", ""]
+        lines += [f"- re-test {i}: `{r['command']}`" for i, r in enumerate(retests, 1)] + [""]
+    # one breakdown of the errors per distinct breakdown (a later test may know more kinds of error, or run
+    # other inference settings); an older fit's breakdown is left out where a re-test of it knows more
+    groups: dict = {}
+    for label, m in rows:
+        errs = tuple(sorted((k, v) for k, v in m.items() if k.startswith(ERRORS) and v is not None))
+        if errs:
+            groups.setdefault(errs, []).append(label)
+    known = [set(k for k, _ in errs) for errs in groups]
+    for errs, labels in groups.items():
+        kinds = set(k for k, _ in errs)
+        if labels == ["fit"] and any(kinds < other for other in known):
+            continue
+        errors = error_lines(dict(errs))
+        if errors and retests:
+            errors[0] = f"From the {' and the '.join(labels)}. " + errors[0]
+        lines += errors
     if plot_curves(history(run_dir), out / "curves.png", name):
         lines += [f"![{name} curves](results/{name}/curves.png)", ""]
     video = tracking_video(run_dir)

@@ -169,6 +169,9 @@ def test_checkpoint_that_does_not_match_the_config(compose_cfg, tmp_path):
     torch.save({"hyper_parameters": {"model": {**model, "num_cell_h": 8}}}, path)
     with pytest.raises(ConfigError, match="trained with grid.num_cell_h=8 but this config has 4"):
         check_config(compose_cfg(f"ckpt_path={path}"))
+    # keys that only change how a trained network runs may differ, or be missing from older checkpoints
+    torch.save({"hyper_parameters": {"model": {k: v for k, v in model.items() if k != "reverse_init"}}}, path)
+    assert check_config(compose_cfg(f"ckpt_path={path}", "model.reverse_init=true")) == str(path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="is not a readable checkpoint"):
         check_config(compose_cfg(f"ckpt_path={path}"))

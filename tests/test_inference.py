@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 import scalor.inference as inference
 from conftest import read_video
 from scalor.errors import ConfigError, DataError, ScalorError
-from scalor.inference import generate_videos, load_model, track_video
+from scalor.inference import generate_videos, inference_schedule, load_model, track_video
 from scalor.model import SCALOR
 
 torch.set_num_threads(1)
@@ -91,6 +91,33 @@ def test_track_video_matches_one_window_run(tmp_path):
     b = parse_mot(tmp_path / "w12" / "tracks.txt")
     assert [r[:2] for r in a] == [r[:2] for r in b]
     np.testing.assert_allclose(np.array([r[2:] for r in a]), np.array([r[2:] for r in b]), atol=0.02)
+
+
+def test_track_video_with_reverse_init_starts_from_the_first_window_tracked_backwards(tmp_path):
+    """model.reverse_init: the first window is tracked from both ends (its first frame's objects from the frames
+    tracked backwards), later windows continue its carry, and IDs still persist over the whole video."""
+    model = tiny_model()
+    model.reverse_init = True
+    summary = track_video(model, squares(12), tmp_path, window=5)
+    rows = parse_mot(tmp_path / "tracks.txt")
+    video = torch.from_numpy(np.stack(list(squares(5))))[None]
+    with torch.no_grad():
+        model.eval()
+        model.deterministic = True
+        first = model.track_both_ends(video, inference_schedule())
+        plain = model(video, inference_schedule(), carry=model.initial_carry(1, "cpu"), track_only=True)
+    keep = (first.presence[0, 0] > 0.5) & (first.ids[0, 0] >= 0)
+    assert sorted(oid for f, oid, *_ in rows if f == 1) == sorted(first.ids[0, 0][keep].tolist())
+    xyxy = lambda out: sorted(tuple(round(v * 64, 2) for v in b) for b in out.boxes[0, 0][  # noqa: E731
+        (out.presence[0, 0] > 0.5) & (out.ids[0, 0] >= 0)].tolist())
+    written = sorted((round(x, 2), round(y, 2), round(x + w, 2), round(y + h, 2)) for f, _, x, y, w, h, _ in rows
+                     if f == 1)
+    np.testing.assert_allclose(written, xyxy(first), atol=0.02)
+    assert xyxy(plain) != xyxy(first)  # the forward pass alone starts elsewhere
+    frames_of = defaultdict(set)
+    for frame, oid, *_ in rows:
+        frames_of[oid].add(frame)
+    assert any(f == set(range(1, 13)) for f in frames_of.values()) and summary["frames"] == 12
 
 
 def test_track_video_streams_lazily(tmp_path, monkeypatch):

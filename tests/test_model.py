@@ -12,7 +12,7 @@ from scalor.model.distributions import kl_bernoulli, kl_normal
 from scalor.model.encoders import GlimpseDecoder, GlimpseEncoder
 from scalor.model.render import (BoxCoder, extract, gather_windows, mask_boxes, mask_overlaps, render_full,
                                  render_windows, scatter_windows, window_masks, window_size)
-from scalor.model.state import ObjectState
+from scalor.model.state import Carry, ObjectState
 
 torch.set_num_threads(1)
 
@@ -563,6 +563,47 @@ def test_track_only_gives_the_same_tracks():
     assert torch.equal(full.ids, fast.ids) and torch.equal(full.counts, fast.counts)
     torch.testing.assert_close(full.boxes, fast.boxes)
     assert fast.recon.shape[1] == 0
+
+
+def test_reverse_init_starts_from_the_objects_tracked_backwards():
+    """reverse_init: frame 0's objects are those a track-only pass over the reversed frames ends with (IDs 1..n),
+    and the forward pass continues from them, as if discovered there, at frame 1; the ELBO pass is untouched."""
+    torch.manual_seed(0)
+    m = tiny(deterministic=True, max_num_obj=8)
+    m.eval()
+    video = torch.rand(2, 5, 3, 64, 64)
+    with torch.no_grad():
+        back = m(video.flip(1), Schedule(), track_only=True)
+        plain_elbo = m(video, Schedule())
+        m.reverse_init = True
+        out = m(video, Schedule(), track_only=True)
+        one = m(video[:, :1], Schedule(), track_only=True)
+        elbo = m(video, Schedule())
+        objs = back.carry.objects
+        n = objs.mask.sum(1)
+        assert int(n.min()) > 0
+        start = ObjectState(**{**{k: getattr(objs, k) for k in ("z_what", "z_where", "z_depth", "z_pres", "mask")},
+                               **{k: torch.zeros_like(getattr(objs, k))
+                                  for k in ("z_where_bias", "h", "prior_h", "prior_c", "c_abs")},
+                               "ids": torch.where(objs.mask, objs.mask.long().cumsum(1), 0)})
+        one_plain = m(video[:, :1], Schedule(), carry=m.initial_carry(2, "cpu"), track_only=True)
+        lstm = m.image_encoder(video[:, :1])[1]
+        rest = m(video[:, 1:], Schedule(), carry=Carry(start, lstm, None, None, n + 1), track_only=True)
+    k = objs.num_slots
+    assert torch.equal(out.counts[:, 0], n) and torch.equal(out.counts[:, 1:], rest.counts)
+    assert torch.equal(out.ids[:, 0, :k], torch.where(objs.mask, start.ids, -1))
+    torch.testing.assert_close(out.boxes[:, 0, :k], back.boxes[:, -1, :k] * objs.mask[..., None])
+    r = rest.ids.shape[2]
+    assert torch.equal(out.ids[:, 1:, :r], rest.ids) and bool((out.ids[:, 1:, r:] == -1).all())
+    torch.testing.assert_close(out.boxes[:, 1:, :r], rest.boxes)
+    assert torch.equal(out.carry.next_id, rest.carry.next_id)
+    assert torch.equal(one.counts, one_plain.counts) and torch.equal(one.ids, one_plain.ids)  # one frame: itself
+    for b in range(2):  # IDs stay unique in every frame
+        for t in range(5):
+            frame = out.ids[b, t][out.ids[b, t] >= 0]
+            assert frame.unique().numel() == frame.numel() and (frame >= 1).all()
+    assert torch.equal(elbo.ids, plain_elbo.ids)
+    torch.testing.assert_close(elbo.neg_elbo, plain_elbo.neg_elbo)
 
 
 def test_skipping_absent_cells_keeps_the_tracks_of_present_ones():

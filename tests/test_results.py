@@ -53,6 +53,9 @@ def test_results_page_from_run_folders(tmp_path):
               "by_gt/3/frames": 12, "by_gt/3/under": 6, "by_gt/3/over": 0}
     fake_run(outputs, "easy", "c", task="test", checkpoint=ckpt,
              metrics={"test/nll": 1234.5, **{f"test/errors/{k}": float(v) for k, v in errors.items()}})
+    other = {**errors, "misses": 7, "misses/free": 0}  # another test of the checkpoint (other settings)
+    fake_run(outputs, "easy", "d", task="test", checkpoint=ckpt, finished="2026-01-03 00:00:00",
+             metrics={"test/mota": 0.4, **{f"test/errors/{k}": float(v) for k, v in other.items()}})
     (run / "csv" / "version_0").mkdir(parents=True)
     (run / "csv" / "version_0" / "metrics.csv").write_text(
         "step,train/neg_elbo,val/neg_elbo,val/mota\n0,-100,,\n5,-200,,\n5,,-210,0.3\n")
@@ -71,9 +74,14 @@ def test_results_page_from_run_folders(tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = (docs / "results.md").read_text()
     assert page.startswith("# R\n\nintro\n") and page.rstrip().endswith("tail") and "OLD-TABLE" not in page
-    assert "| 0.500 | 0.800 | 0.700 | 3 | 0.600 | 1234 | -15000 |" in page  # newest fit run, NLL from its test
+    assert "| fit | 0.500 | 0.800 | 0.700 | 3 | 0.600 | — | -15000 |" in page  # the newest fit run's own test
+    assert "| re-test 1 | — | — | — | — | — | 1234 | — |" in page  # a later test of its checkpoint
+    assert "- re-test 1: `python" in page
     assert "40 optimiser steps" in page and "`python" in page
     assert "| 9 | 1 | 2 | 4 | 2 | 5 | 3 | 2 | 0 |" in page  # the error breakdown, from the test of the checkpoint
+    assert "From the re-test 1. Where the test errors are" in page
+    assert "| re-test 2 | 0.400 |" in page and "From the re-test 2. Where" in page  # each breakdown, labelled
+    assert "| 7 | 1 | 2 | 4 | 0 | 5 | 3 | 2 | 0 |" in page
     assert "| objects in the frame | 1 | 3 | all |" in page and "| count too low | 0 | 6 | 6 |" in page
     assert "Of the 6 frames counted too low, 1 hold" in page and "2 more follow a first frame" in page
     assert "| 99 |" not in page  # the test run's breakdown of the same checkpoint replaces the fit's older one

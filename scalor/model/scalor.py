@@ -4,7 +4,7 @@ likelihood and compaction into the next :class:`ObjectState`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +57,8 @@ class SCALOR(nn.Module):
                  compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask",
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
-                 duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0):
+                 duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
+                 reverse_init: bool = False):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -87,6 +88,7 @@ class SCALOR(nn.Module):
         self._compiled: dict = {}  # torch.compile'd glimpse networks, built at first use (not submodules)
         self.skip_glimpse_below = skip_glimpse_below
         self.box_source = box_source
+        self.reverse_init = bool(reverse_init)
         boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
         self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
 
@@ -198,6 +200,39 @@ class SCALOR(nn.Module):
         return Carry(ObjectState.empty(batch, device, dtype, z_what_dim=self.z_what_dim), None, None, None,
                      torch.ones(batch, dtype=torch.long, device=device))
 
+    def track_both_ends(self, video: Tensor, schedule: Schedule = Schedule()) -> SequenceOutput:
+        """Track-only tracks of video (B,T,3,H,W) whose first frame comes from the frames tracked backwards
+        (offline tracking, ``reverse_init``).
+
+        A track-only pass over the frames in reverse order ends at frame 0 with the objects it tracked there: two
+        objects that overlap at frame 0 but part later were discovered apart and tracked back through the
+        overlap. They are frame 0's objects (its boxes, presences and counts; IDs 1..n in slot order), with fresh
+        tracker and prior state as if discovered there, and the forward pass continues from them at frame 1.
+        The loss terms are those of frames 1.. (zero for one frame).
+        """
+        b, t_len = video.shape[:2]
+        back = self(video.flip(1), schedule, carry=self.initial_carry(b, video.device, video.dtype),
+                    track_only=True)
+        objs = back.carry.objects
+        zero = torch.zeros_like
+        seeds = replace(objs, z_where_bias=zero(objs.z_where_bias), h=zero(objs.h), prior_h=zero(objs.prior_h),
+                        prior_c=zero(objs.prior_c), c_abs=zero(objs.c_abs),
+                        ids=torch.where(objs.mask, objs.mask.long().cumsum(1), 0))
+        n = objs.num_slots
+        first = dict(counts=objs.mask.sum(1), ids=torch.where(seeds.mask, seeds.ids, -1),
+                     boxes=back.boxes[:, -1, :n] * seeds.mask[..., None], presence=back.presence[:, -1, :n])
+        lstm = self.image_encoder(video[:, :1])[1]  # the ConvLSTM has seen frame 0, as in a forward pass
+        carry = Carry(seeds, lstm, None, None, first["counts"] + 1)
+        if t_len == 1:
+            zeros_b = video.new_zeros(b)
+            return SequenceOutput(recon=video.new_zeros(b, 0, *video.shape[2:]), log_like=zeros_b, kl_what=zeros_b,
+                                  kl_where=zeros_b, kl_depth=zeros_b, kl_pres=zeros_b, kl_bg=zeros_b,
+                                  log_imp=zeros_b, **{k: v[:, None] for k, v in first.items()}, carry=carry)
+        rest = self(video[:, 1:], schedule, carry=carry, track_only=True)
+        joined = {key: _pad_stack([first[key]] + list(getattr(rest, key).unbind(1)), fill)
+                  for key, fill in (("ids", -1), ("boxes", 0.0), ("presence", 0.0))}
+        return replace(rest, counts=torch.cat([first["counts"][:, None], rest.counts], 1), **joined)
+
     def _canvases(self, win: Windows, z_pres: Tensor, z_depth: Tensor) -> _Composite:
         """Scatter one object group into canvases, from one alpha render per object (exact).
 
@@ -289,12 +324,15 @@ class SCALOR(nn.Module):
         the priors (generation; video frames t >= k are then only used for the likelihood).
         log_imp: also return the importance log-ratios of the NLL estimate (SCALOR-SPEC §4.10).
         track_only: boxes, IDs and counts only (tracking inference): no compositing, background or
-        likelihood; recon is then empty (B, 0, 3, H, W) and log_like, kl_bg are zero.
+        likelihood; recon is then empty (B, 0, 3, H, W) and log_like, kl_bg are zero. With ``reverse_init`` a
+        track-only call without carry is :meth:`track_both_ends` (the frames tracked backwards first).
         """
         if visuals and track_only:
             raise ValueError("visuals need the composited frames: call with track_only=False")
         b, t_len = video.shape[:2]
         det = self.deterministic
+        if carry is None and track_only and self.reverse_init and observe_frames is None:
+            return self.track_both_ends(video, schedule)
         if carry is None:
             carry = self.initial_carry(b, video.device, video.dtype)
         n_obs = t_len if observe_frames is None else min(observe_frames, t_len)
