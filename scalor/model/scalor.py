@@ -205,8 +205,8 @@ class SCALOR(nn.Module):
         (offline tracking, ``reverse_init``).
 
         A track-only pass over the frames in reverse order ends at frame 0 with the objects it tracked there: two
-        objects that overlap at frame 0 but part later were discovered apart and tracked back through the
-        overlap. They are frame 0's objects (its boxes, presences and counts; IDs 1..n in slot order), with fresh
+        objects that overlap at frame 0 but part later were discovered apart and reach frame 0 as two objects if
+        the backward tracks hold them apart through the overlap. They are frame 0's objects (its boxes, presences and counts; IDs 1..n in slot order), with fresh
         tracker and prior state as if discovered there, and the forward pass continues from them at frame 1.
         The loss terms are those of frames 1.. (zero for one frame).
         """
