@@ -87,7 +87,8 @@ def test_easy_experiment_learns_to_track(tmp_path):
     # Tracking with the trained weights as `task=track` does (deterministic inference, end-of-training
     # schedule): at least one object keeps one ID, matched to one and the same sprite, over whole sequences.
     # (Measured on these 16 test sequences after 200 steps with the current defaults, sigma 0.15 and whole 10-frame
-    # windows: 35 such tracks, and the negative ELBO fell from -3,516 to -10,271 nats per frame. Earlier, with sigma
+    # windows: 35 such tracks, and the negative ELBO fell from -3,516 to -10,271 nats per frame on an Intel Xeon;
+    # 33 and -10,389 on an AMD EPYC. Earlier, with sigma
     # 0.1 and 5-frame windows: 33 tracks, 178 to -12,981 with the 7-14 px boxes; 19 tracks, 8,728 to -11,168 with
     # the 9-30 px boxes.)
     model = load_model(run_dir / "checkpoints" / "last.ckpt")
