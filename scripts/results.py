@@ -202,10 +202,9 @@ def section(run_dir: Path, docs: Path) -> str:
         errs = tuple(sorted((k, v) for k, v in m.items() if k.startswith(ERRORS) and v is not None))
         if errs:
             groups.setdefault(errs, []).append(label)
-    known = [set(k for k, _ in errs) for errs in groups]
+    kinds = {errs: {k for k, _ in errs} for errs in groups}
     for errs, labels in groups.items():
-        kinds = set(k for k, _ in errs)
-        if labels == ["fit"] and any(kinds < other for other in known):
+        if labels == ["fit"] and any(kinds[errs] < other for other in kinds.values()):
             continue
         errors = error_lines(dict(errs))
         if errors and retests:

@@ -146,6 +146,7 @@ BAD = [
     (["data.batch_size=0"], "data.batch_size=0"),
     (["train_seq_len=0"], "train_seq_len=0 must be a number of frames"),
     (["model.box_source=corners"], "model.box_source=corners is unknown"),
+    (["model.reverse_init=maybe"], "model.reverse_init='maybe' must be true or false"),
     (["tracking_inference=greedy"], "tracking_inference=greedy is unknown"),
 ]
 if not torch.cuda.is_available():

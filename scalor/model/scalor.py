@@ -69,7 +69,7 @@ class SCALOR(nn.Module):
                              center_range=center_range, duplicate_min_iou=duplicate_min_iou,
                              reject_min_iou=reject_min_iou, track_duplicate_iou=track_duplicate_iou,
                              z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold,
-                             duplicate_copy_iou=duplicate_copy_iou)
+                             duplicate_copy_iou=duplicate_copy_iou, reverse_init=reverse_init)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -88,7 +88,7 @@ class SCALOR(nn.Module):
         self._compiled: dict = {}  # torch.compile'd glimpse networks, built at first use (not submodules)
         self.skip_glimpse_below = skip_glimpse_below
         self.box_source = box_source
-        self.reverse_init = bool(reverse_init)
+        self.reverse_init = reverse_init
         boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
         self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
 
@@ -118,8 +118,10 @@ class SCALOR(nn.Module):
                         box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
                         reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                         duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
-                        **_ignored) -> None:
+                        reverse_init: bool = False, **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
+        if not isinstance(reverse_init, bool):
+            raise ConfigError(f"model.reverse_init={reverse_init!r} must be true or false.")
         if box_source not in ("mask", "where"):
             raise ConfigError(f"model.box_source={box_source} is unknown; use mask (tight boxes of what each object "
                               "draws) or where (the glimpse boxes z_where).")
@@ -205,24 +207,25 @@ class SCALOR(nn.Module):
         (offline tracking, ``reverse_init``).
 
         A track-only pass over the frames in reverse order ends at frame 0 with the objects it tracked there: two
-        objects that overlap at frame 0 but part later were discovered apart and reach frame 0 as two objects if
-        the backward tracks hold them apart through the overlap. They are frame 0's objects (its boxes, presences and counts; IDs 1..n in slot order), with fresh
-        tracker and prior state as if discovered there, and the forward pass continues from them at frame 1.
-        The loss terms are those of frames 1.. (zero for one frame).
+        objects that overlap at frame 0 but part later were discovered apart, and reach frame 0 as two objects if
+        the backward tracks hold them apart through the overlap. They are frame 0's objects (its boxes,
+        presences and counts; IDs 1..n in slot order), with fresh tracker and prior state as if discovered
+        there, and the forward pass continues from them at frame 1. The loss terms are those of frames 1..
+        (zero for one frame).
         """
         b, t_len = video.shape[:2]
         back = self(video.flip(1), schedule, carry=self.initial_carry(b, video.device, video.dtype),
                     track_only=True)
-        objs = back.carry.objects
+        objs, n = back.carry.objects, back.carry.objects.num_slots
         zero = torch.zeros_like
         seeds = replace(objs, z_where_bias=zero(objs.z_where_bias), h=zero(objs.h), prior_h=zero(objs.prior_h),
                         prior_c=zero(objs.prior_c), c_abs=zero(objs.c_abs),
                         ids=torch.where(objs.mask, objs.mask.long().cumsum(1), 0))
-        n = objs.num_slots
-        first = dict(counts=objs.mask.sum(1), ids=torch.where(seeds.mask, seeds.ids, -1),
-                     boxes=back.boxes[:, -1, :n] * seeds.mask[..., None], presence=back.presence[:, -1, :n])
+        # frame 0 as the backward pass reported it (boxes and presences already 0 in padded slots)
+        first = dict(counts=objs.lengths, ids=torch.where(objs.mask, seeds.ids, -1), boxes=back.boxes[:, -1, :n],
+                     presence=back.presence[:, -1, :n])
         lstm = self.image_encoder(video[:, :1])[1]  # the ConvLSTM has seen frame 0, as in a forward pass
-        carry = Carry(seeds, lstm, None, None, first["counts"] + 1)
+        carry = Carry(seeds, lstm, None, None, objs.lengths + 1)
         if t_len == 1:
             zeros_b = video.new_zeros(b)
             return SequenceOutput(recon=video.new_zeros(b, 0, *video.shape[2:]), log_like=zeros_b, kl_what=zeros_b,
