@@ -37,7 +37,8 @@ TASKS = ("fit", "test", "track", "generate")
 # Set by Lightning's DDP launcher in the process that starts the workers (restored after each job).
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 # Model keys that only change how a trained network is run, not its weights.
-RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic", "reverse_init")
+RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic", "reverse_init", "backfill",
+                      "backfill_copy_iou")
 # Where each model key is set from (for error messages).
 MODEL_KEY_SOURCE = {"img_size": "data.img_size", "num_cell_h": "grid.num_cell_h", "num_cell_w": "grid.num_cell_w"}
 HIGHER_IS_BETTER = ("mota", "motp", "idf1", "idp", "idr", "precision", "recall", "count_acc", "log_like",
@@ -120,8 +121,11 @@ def track(cfg: DictConfig) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(ckpt_path, map_location=device)
-    if cfg.model.get("reverse_init"):  # the checkpoint's setting, or switched on for this run
-        model.reverse_init = True
+    for key in ("reverse_init", "backfill"):  # the checkpoint's setting, or switched on for this run
+        if cfg.model.get(key):
+            setattr(model, key, True)
+    if cfg.model.get("backfill"):
+        model.backfill_copy_iou = float(cfg.model.get("backfill_copy_iou", model.backfill_copy_iou))
     data = cfg.data
     skip = int(data.get("frame_skip", 1))
     frames = iter_frames(data.path, model.img_hw[0], skip, data.get("resize", "resize"), data.get("crop_size"))

@@ -147,6 +147,8 @@ BAD = [
     (["train_seq_len=0"], "train_seq_len=0 must be a number of frames"),
     (["model.box_source=corners"], "model.box_source=corners is unknown"),
     (["model.reverse_init=maybe"], "model.reverse_init='maybe' must be true or false"),
+    (["model.backfill=1"], "model.backfill=1 must be true or false"),
+    (["model.backfill_copy_iou=0"], "model.backfill_copy_iou=0 must be in (0, 1]"),
     (["tracking_inference=greedy"], "tracking_inference=greedy is unknown"),
 ]
 if not torch.cuda.is_available():
@@ -171,8 +173,10 @@ def test_checkpoint_that_does_not_match_the_config(compose_cfg, tmp_path):
     with pytest.raises(ConfigError, match="trained with grid.num_cell_h=8 but this config has 4"):
         check_config(compose_cfg(f"ckpt_path={path}"))
     # keys that only change how a trained network runs may differ, or be missing from older checkpoints
-    torch.save({"hyper_parameters": {"model": {k: v for k, v in model.items() if k != "reverse_init"}}}, path)
-    assert check_config(compose_cfg(f"ckpt_path={path}", "model.reverse_init=true")) == str(path)
+    older = ("reverse_init", "backfill", "backfill_copy_iou")
+    torch.save({"hyper_parameters": {"model": {k: v for k, v in model.items() if k not in older}}}, path)
+    assert check_config(compose_cfg(f"ckpt_path={path}", "model.reverse_init=true", "model.backfill=true",
+                                    "model.backfill_copy_iou=0.9")) == str(path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="is not a readable checkpoint"):
         check_config(compose_cfg(f"ckpt_path={path}"))

@@ -120,6 +120,23 @@ def test_track_video_with_reverse_init_starts_from_the_first_window_tracked_back
     assert any(f == set(range(1, 13)) for f in frames_of.values()) and summary["frames"] == 12
 
 
+def test_track_video_with_backfill_keeps_every_forward_row(tmp_path):
+    """model.backfill in windows: every row of plain tracking is written again (same frame, ID and box); rows it
+    adds come before their ID's first frame within its window."""
+    model = tiny_model()
+    track_video(model, squares(12), tmp_path / "plain", window=5)
+    model.backfill = True
+    summary = track_video(model, squares(12), tmp_path / "backfill", window=5)
+    plain = {(r[0], r[1]): r[2:6] for r in parse_mot(tmp_path / "plain" / "tracks.txt")}
+    filled = {(r[0], r[1]): r[2:6] for r in parse_mot(tmp_path / "backfill" / "tracks.txt")}
+    assert plain and set(plain) <= set(filled) and summary["frames"] == 12
+    np.testing.assert_allclose([filled[k] for k in plain], [plain[k] for k in plain], atol=0.02)
+    for frame, oid in set(filled) - set(plain):
+        window = (frame - 1) // 5
+        later = [f for f, i in plain if i == oid and (f - 1) // 5 == window]
+        assert later and frame < min(later)
+
+
 def test_track_video_streams_lazily(tmp_path, monkeypatch):
     """Frames are pulled a window at a time: never more than ``window`` ahead of what is written."""
     written = []

@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import ConfigError
 from ..schedules import Schedule
 from .background import Background
+from .backfill import TrackTable, backfill
 from .discovery import Discovery, DiscoveryStep
 from .distributions import EPS, clamp_st, normal_log_prob
 from .encoders import GlimpseDecoder, GlimpseEncoder, ImageEncoder
@@ -58,7 +59,7 @@ class SCALOR(nn.Module):
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                  duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
-                 reverse_init: bool = False):
+                 reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -89,6 +90,8 @@ class SCALOR(nn.Module):
         self.skip_glimpse_below = skip_glimpse_below
         self.box_source = box_source
         self.reverse_init = reverse_init
+        self.backfill = backfill
+        self.backfill_copy_iou = backfill_copy_iou
         boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
         self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
 
@@ -118,10 +121,15 @@ class SCALOR(nn.Module):
                         box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
                         reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                         duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
-                        reverse_init: bool = False, **_ignored) -> None:
+                        reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
+                        **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
-        if not isinstance(reverse_init, bool):
-            raise ConfigError(f"model.reverse_init={reverse_init!r} must be true or false.")
+        for key, value in (("reverse_init", reverse_init), ("backfill", backfill)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"model.{key}={value!r} must be true or false.")
+        if isinstance(backfill_copy_iou, bool) or not (0 < backfill_copy_iou <= 1):
+            raise ConfigError(f"model.backfill_copy_iou={backfill_copy_iou!r} must be in (0, 1] (0.7: a backward box "
+                              "with that IoU with an earlier forward track is a copy).")
         if box_source not in ("mask", "where"):
             raise ConfigError(f"model.box_source={box_source} is unknown; use mask (tight boxes of what each object "
                               "draws) or where (the glimpse boxes z_where).")
@@ -214,8 +222,7 @@ class SCALOR(nn.Module):
         (zero for one frame).
         """
         b, t_len = video.shape[:2]
-        back = self(video.flip(1), schedule, carry=self.initial_carry(b, video.device, video.dtype),
-                    track_only=True)
+        back = self._run(video.flip(1), schedule, self.initial_carry(b, video.device, video.dtype), track_only=True)
         objs, n = back.carry.objects, back.carry.objects.num_slots
         zero = torch.zeros_like
         seeds = replace(objs, z_where_bias=zero(objs.z_where_bias), h=zero(objs.h), prior_h=zero(objs.prior_h),
@@ -231,7 +238,7 @@ class SCALOR(nn.Module):
             return SequenceOutput(recon=video.new_zeros(b, 0, *video.shape[2:]), log_like=zeros_b, kl_what=zeros_b,
                                   kl_where=zeros_b, kl_depth=zeros_b, kl_pres=zeros_b, kl_bg=zeros_b,
                                   log_imp=zeros_b, **{k: v[:, None] for k, v in first.items()}, carry=carry)
-        rest = self(video[:, 1:], schedule, carry=carry, track_only=True)
+        rest = self._run(video[:, 1:], schedule, carry, track_only=True)
         joined = {key: _pad_stack([first[key]] + list(getattr(rest, key).unbind(1)), fill)
                   for key, fill in (("ids", -1), ("boxes", 0.0), ("presence", 0.0))}
         return replace(rest, counts=torch.cat([first["counts"][:, None], rest.counts], 1), **joined)
@@ -327,15 +334,41 @@ class SCALOR(nn.Module):
         the priors (generation; video frames t >= k are then only used for the likelihood).
         log_imp: also return the importance log-ratios of the NLL estimate (SCALOR-SPEC §4.10).
         track_only: boxes, IDs and counts only (tracking inference): no compositing, background or
-        likelihood; recon is then empty (B, 0, 3, H, W) and log_like, kl_bg are zero. With ``reverse_init`` a
-        track-only call without carry is :meth:`track_both_ends` (the frames tracked backwards first).
+        likelihood; recon is then empty (B, 0, 3, H, W) and log_like, kl_bg are zero. Offline tracking options
+        of track-only calls: ``reverse_init`` (without carry: :meth:`track_both_ends`) and ``backfill``
+        (:meth:`track_backfilled`).
         """
         if visuals and track_only:
             raise ValueError("visuals need the composited frames: call with track_only=False")
+        if track_only and observe_frames is None:
+            if self.backfill:
+                return self.track_backfilled(video, schedule, carry)
+            if carry is None and self.reverse_init:
+                return self.track_both_ends(video, schedule)
+        return self._run(video, schedule, carry, observe_frames, visuals, log_imp, track_only)
+
+    def track_backfilled(self, video: Tensor, schedule: Schedule = Schedule(),
+                         carry: Carry | None = None) -> SequenceOutput:
+        """Track-only tracks of video (B,T,3,H,W) (continuing ``carry``; from both ends with ``reverse_init`` and
+        no carry) in which every track that starts after the first frame is extended back along a track of a
+        second track-only pass over the frames in reverse order (:mod:`.backfill`; offline tracking). Slots are
+        a track each (IDs as tracked forwards; -1 where a track is not reported: objects of presence <= 0.5 are
+        left out); counts add the extended boxes; the carry is the forward pass's."""
+        b = video.shape[0]
+        out = (self.track_both_ends(video, schedule) if carry is None and self.reverse_init
+               else self._run(video, schedule, carry, track_only=True))
+        back = self._run(video.flip(1), schedule, self.initial_carry(b, video.device, video.dtype), track_only=True)
+        table, extended = backfill(TrackTable.from_slots(out.boxes, out.ids, out.presence),
+                                   TrackTable.from_slots(back.boxes, back.ids, back.presence).flip(),
+                                   copy_iou=self.backfill_copy_iou)
+        boxes, ids, presence = table.to_slots()
+        return replace(out, boxes=boxes, ids=ids, presence=presence, counts=out.counts + extended.sum(1))
+
+    def _run(self, video: Tensor, schedule: Schedule, carry: Carry | None = None, observe_frames: int | None = None,
+             visuals: bool = False, log_imp: bool = False, track_only: bool = False) -> SequenceOutput:
+        """The forward pass over the frames in order (:meth:`forward`'s arguments; no offline options)."""
         b, t_len = video.shape[:2]
         det = self.deterministic
-        if carry is None and track_only and self.reverse_init and observe_frames is None:
-            return self.track_both_ends(video, schedule)
         if carry is None:
             carry = self.initial_carry(b, video.device, video.dtype)
         n_obs = t_len if observe_frames is None else min(observe_frames, t_len)
