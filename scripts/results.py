@@ -1,7 +1,8 @@
 """Write docs/results.md (and docs/results/<experiment>/*) from training run folders.
 
     python scripts/results.py                          # the newest finished fit run of every experiment
-    python scripts/results.py outputs/dsprites_easy/2026-11-22_10-00-00_000000 [...]
+    python scripts/results.py outputs/dsprites_easy/2026-11-22_10-00-00_000000 [...]   # several of one experiment:
+                                                       # its newest first, then the earlier ones
 
 A run folder is what `python run.py task=fit ...` leaves: summary.json (command, hardware, wall time, steps,
 test metrics), csv/version_*/metrics.csv (the CSV logger's history) and media/test_tracking.{mp4,png}.
@@ -178,14 +179,18 @@ def duration(seconds: float) -> str:
     return f"{minutes:.0f} min" if minutes >= 10 else f"{minutes:.1f} min"
 
 
-def section(run_dir: Path, docs: Path) -> str:
+def section(run_dir: Path, docs: Path, earlier: bool = False) -> str:
+    """The page's part for one fit run; an ``earlier`` run of an experiment (not its newest on the page) gets a
+    sub-heading and its figures in a folder of its own."""
     summary = read_summary(run_dir)
     name = summary["name"]
     retests = tests_of(run_dir, summary.get("checkpoint"))
     rows = [("fit", summary["metrics"])] + [(f"re-test {i}", r["metrics"]) for i, r in enumerate(retests, 1)]
-    out = docs / "results" / name
+    rel = f"results/{name}/{run_dir.name}" if earlier else f"results/{name}"
+    out = docs / rel
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"### {name}", "", f"`{summary['command']}`", "",
+    heading = f"#### {name}, earlier run" if earlier else f"### {name}"
+    lines = [heading, "", f"`{summary['command']}`", "",
              f"Run folder `{run_dir.name}`; {summary['hardware']}; {duration(summary['wall_seconds'])} from start "
              f"to end of the command (data generation, training, validation, test); {summary['steps']} optimiser "
              "steps.", "",
@@ -211,14 +216,14 @@ def section(run_dir: Path, docs: Path) -> str:
             errors[0] = f"From the {' and the '.join(labels)}. " + errors[0]
         lines += errors
     if plot_curves(history(run_dir), out / "curves.png", name):
-        lines += [f"![{name} curves](results/{name}/curves.png)", ""]
+        lines += [f"![{name} curves]({rel}/curves.png)", ""]
     video = tracking_video(run_dir)
     if video is not None:
         shutil.copyfile(video, out / f"tracking{video.suffix}")
         if video_strip(video, out / "tracking.png"):
-            lines += [f"![{name} tracking](results/{name}/tracking.png)", ""]
+            lines += [f"![{name} tracking]({rel}/tracking.png)", ""]
         lines += [f"The first test sequence (input with tracked boxes, IDs and trails | reconstruction): "
-                  f"[results/{name}/tracking{video.suffix}](results/{name}/tracking{video.suffix})", ""]
+                  f"[{rel}/tracking{video.suffix}]({rel}/tracking{video.suffix})", ""]
     return "\n".join(lines)
 
 
@@ -234,7 +239,12 @@ def main() -> None:
         parser.error(f"{missing[0]} has no {SUMMARY_FILE}: pass the folder of a finished `python run.py` run")
     if not runs:
         parser.error(f"no finished runs under {args.outputs}: train first, e.g. python run.py experiment=dsprites_easy")
-    body = "\n".join(section(r, args.docs) for r in runs)
+    # per experiment (in the order given) its newest run, then its earlier runs, newest first
+    by_name: dict[str, list[Path]] = {}
+    for run in runs:
+        by_name.setdefault(read_summary(run)["name"], []).append(run)
+    body = "\n".join(section(run, args.docs, earlier=i > 0) for group in by_name.values()
+                     for i, run in enumerate(sorted(group, key=lambda r: read_summary(r)["finished"], reverse=True)))
     page = args.docs / "results.md"
     text = page.read_text() if page.is_file() else f"# Results\n\n{START}\n{END}\n"
     if START not in text or END not in text:

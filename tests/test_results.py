@@ -90,6 +90,29 @@ def test_results_page_from_run_folders(tmp_path):
     assert cv2.imread(str(docs / "results" / "easy" / "tracking.png")).shape[:2] == (16, 5 * 32)
 
 
+def test_results_page_with_earlier_runs_of_an_experiment(tmp_path):
+    """Run folders given explicitly: per experiment the newest run first, then the earlier ones under their own
+    sub-heading, each with its figures in a folder of its own."""
+    outputs = tmp_path / "outputs"
+    old = fake_run(outputs, "easy", "old", metrics={"test/mota": 0.1}, finished="2026-01-01 00:00:00")
+    new = fake_run(outputs, "easy", "new", metrics={"test/mota": 0.2}, finished="2026-01-02 00:00:00")
+    for run in (old, new):
+        (run / "csv" / "version_0").mkdir(parents=True)
+        (run / "csv" / "version_0" / "metrics.csv").write_text("step,train/neg_elbo\n0,-100\n5,-200\n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results.md").write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    proc = subprocess.run([sys.executable, "scripts/results.py", str(old), str(new), "--docs", str(docs)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    page = (docs / "results.md").read_text()
+    assert page.index("### easy") < page.index("| fit | 0.200 |") < page.index("#### easy, earlier run")
+    assert page.index("#### easy, earlier run") < page.index("| fit | 0.100 |")
+    assert "(results/easy/curves.png)" in page and "(results/easy/old/curves.png)" in page
+    assert (docs / "results" / "easy" / "curves.png").is_file()
+    assert (docs / "results" / "easy" / "old" / "curves.png").is_file()
+
+
 def test_results_script_refuses_a_folder_without_summary(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/results.py", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
