@@ -26,14 +26,13 @@ import torch
 from torch import Tensor
 
 from scalor.errors import ConfigError, DataError, ScalorError
-from scalor.model import SCALOR
+from scalor.model import PRESENCE_THRESHOLD, SCALOR
 from scalor.schedules import Curriculum, Schedule
 from scalor.viz import (VideoWriter, draw_boxes, draw_trails, make_grid, mark_generated, mot_rows, to_uint8_hwc,
                         write_mot_txt)
 
 __all__ = ["PRESENCE_THRESHOLD", "generate_videos", "inference_schedule", "load_model", "track_video"]
 
-PRESENCE_THRESHOLD = 0.5  # an object is reported when its presence exceeds this (ARCHITECTURE.md §5)
 MIN_VIDEO_SIDE = 256  # output videos are enlarged (nearest neighbour) to at least this many pixels per side
 
 

@@ -13,13 +13,12 @@ from torch import Tensor
 
 from scalor.inference import inference_mode
 from scalor.metrics import CountingMetrics, ErrorBreakdown, MOTMetrics
-from scalor.model import SCALOR, SequenceOutput
+from scalor.model import PRESENCE_THRESHOLD, SCALOR, SequenceOutput
 from scalor.resume import step_seed
 from scalor.schedules import Curriculum, Schedule
 
 TERMS = ("log_like", "kl_what", "kl_where", "kl_depth", "kl_pres", "kl_bg")
 TRACKING_INFERENCE = ("deterministic", "sampled")
-PRESENCE_THRESHOLD = 0.5  # an object counts as predicted when its presence exceeds this (ARCHITECTURE.md §5)
 
 
 def _build(spec: Mapping | None, default: Callable[..., Any]) -> Any:

@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
+from scalor.model import PRESENCE_THRESHOLD
 from scalor.schedules import Schedule
 from scalor.viz import VideoWriter, draw_boxes, draw_trails, make_grid, segmentation_overlay, to_uint8_hwc
 
@@ -35,7 +36,6 @@ __all__ = ["ROWS", "VisualizationCallback", "render_panels"]
 log = logging.getLogger(__name__)
 
 ROWS = ("input", "recon", "background", "alpha", "segments", "discovery", "propagation", "tracked")
-PRESENCE_THRESHOLD = 0.5
 DISC_COLOR = (0, 255, 0)  # accepted discovery proposals (presence > 0.5)
 FAINT_COLOR = (200, 200, 200)  # proposals / propagated objects with presence <= 0.5
 FAINT_WEIGHT = 0.35  # opacity of faint boxes

@@ -2,6 +2,6 @@
 
 from ..schedules import Schedule
 from .scalor import SCALOR
-from .state import Carry, ObjectState, SequenceOutput
+from .state import PRESENCE_THRESHOLD, Carry, ObjectState, SequenceOutput
 
-__all__ = ["SCALOR", "Schedule", "Carry", "ObjectState", "SequenceOutput"]
+__all__ = ["SCALOR", "Schedule", "Carry", "ObjectState", "SequenceOutput", "PRESENCE_THRESHOLD"]

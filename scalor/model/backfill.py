@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-REPORTED = 0.5  # an object is reported when its presence exceeds this (ARCHITECTURE.md §5)
+from .state import PRESENCE_THRESHOLD
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -43,14 +43,14 @@ class TrackTable:
     @property
     def reported(self) -> Tensor:
         """(B, U, T) bool."""
-        return self.presence > REPORTED
+        return self.presence > PRESENCE_THRESHOLD
 
     @staticmethod
     def from_slots(boxes: Tensor, ids: Tensor, presence: Tensor) -> "TrackTable":
         """From per-frame slots: boxes (B, T, N, 4), ids (B, T, N) (-1: padding), presence (B, T, N). Objects at
         or below the reporting threshold are left out."""
         b, t_len, n = ids.shape
-        keep = (presence > REPORTED) & (ids >= 0)
+        keep = (presence > PRESENCE_THRESHOLD) & (ids >= 0)
         row_ids, rows = torch.unique(torch.where(keep, ids, -1), return_inverse=True)  # rows (B, T, N)
         u = row_ids.numel()
         index = (rows * t_len + torch.arange(t_len, device=ids.device)[:, None]).flatten(1)  # (B, T*N)
@@ -105,7 +105,7 @@ def backfill(forward: TrackTable, backward: TrackTable, match_iou: float = 0.5,
     copy = ((box_iou(cand_box[:, :, None], forward.boxes[:, None]) >= copy_iou) & others).any(2)  # (B, I, T)
 
     before = frames < start[..., None]  # (B, I, T)
-    usable = torch.where(before, (cand_pres > REPORTED) & ~copy, torch.ones_like(before))
+    usable = torch.where(before, (cand_pres > PRESENCE_THRESHOLD) & ~copy, torch.ones_like(before))
     unbroken = usable.flip(-1).cumprod(-1).flip(-1).bool()  # usable in every frame from t to the first frame
     extend = before & unbroken & matched[..., None]
     table = TrackTable(forward.ids, torch.where(extend[..., None], cand_box, forward.boxes),

@@ -340,23 +340,19 @@ class SCALOR(nn.Module):
         """
         if visuals and track_only:
             raise ValueError("visuals need the composited frames: call with track_only=False")
-        if track_only and observe_frames is None:
-            if self.backfill:
-                return self.track_backfilled(video, schedule, carry)
-            if carry is None and self.reverse_init:
-                return self.track_both_ends(video, schedule)
-        return self._run(video, schedule, carry, observe_frames, visuals, log_imp, track_only)
-
-    def track_backfilled(self, video: Tensor, schedule: Schedule = Schedule(),
-                         carry: Carry | None = None) -> SequenceOutput:
-        """Track-only tracks of video (B,T,3,H,W) (continuing ``carry``; from both ends with ``reverse_init`` and
-        no carry) in which every track that starts after the first frame is extended back along a track of a
-        second track-only pass over the frames in reverse order (:mod:`.backfill`; offline tracking). Slots are
-        a track each (IDs as tracked forwards; -1 where a track is not reported: objects of presence <= 0.5 are
-        left out); counts add the extended boxes; the carry is the forward pass's."""
-        b = video.shape[0]
+        if not (track_only and observe_frames is None):
+            return self._run(video, schedule, carry, observe_frames, visuals, log_imp, track_only)
         out = (self.track_both_ends(video, schedule) if carry is None and self.reverse_init
                else self._run(video, schedule, carry, track_only=True))
+        return self.track_backfilled(video, schedule, out) if self.backfill else out
+
+    def track_backfilled(self, video: Tensor, schedule: Schedule, out: SequenceOutput) -> SequenceOutput:
+        """``out``, the track-only tracks of video (B,T,3,H,W), with every track that starts after the first frame
+        extended back along a track of a second track-only pass over the frames in reverse order
+        (:mod:`.backfill`; offline tracking). Slots are a track each (IDs as tracked forwards; -1 where a track
+        is not reported: objects of presence <= 0.5 are left out); counts add the extended boxes; the carry is
+        ``out``'s."""
+        b = video.shape[0]
         back = self._run(video.flip(1), schedule, self.initial_carry(b, video.device, video.dtype), track_only=True)
         table, extended = backfill(TrackTable.from_slots(out.boxes, out.ids, out.presence),
                                    TrackTable.from_slots(back.boxes, back.ids, back.presence).flip(),

@@ -14,6 +14,10 @@ import torch
 from torch import Tensor
 
 
+PRESENCE_THRESHOLD = 0.5  # an object is reported (tracked, counted, drawn) when its presence exceeds this
+                         # (ARCHITECTURE.md §5)
+
+
 def _map(obj, fn):
     return replace(obj, **{f.name: fn(getattr(obj, f.name)) for f in fields(obj)
                            if isinstance(getattr(obj, f.name), Tensor)})
