@@ -47,6 +47,8 @@ CASES = [
      SMALL[:-1] + ["model.glimpse_size=32", "data.batch_size=4", "bench.steps=3"],
      "median <= 1.5 s, RSS <= 1 GB", lambda r: r["median_step_s"] <= 1.5 and r["peak_rss_mb"] <= 1024),
     ("dsprites_easy as trained (64px 8x8, glimpse 16, T10, B8)", EASY + ["bench.steps=5"], "(the learning run)", None),
+    ("same, train_skip_glimpse_below=0.02", EASY + ["model.train_skip_glimpse_below=0.02", "bench.steps=5"],
+     "(approximation)", None),
     ("dsprites_easy on 5-frame windows (its earlier 60-minute runs), T5, B8", EASY_T5 + ["bench.steps=5"],
      "(the earlier learning runs)", None),
     ("dsprites_easy 4x4, glimpse 32 (its earlier 60-minute run), T5, B8", EASY_4X4 + ["bench.steps=5"], "(the earlier learning run)", None),

@@ -141,7 +141,9 @@ def test_windowed_render_equals_full_canvas_oracle():
     assert (g[~win.valid[:, :, None].expand_as(g)] == 0).all()
 
 
-def test_proposal_covered_by_propagation_is_rejected_uncovered_accepted():
+@pytest.mark.parametrize("skip_below", [0.0, 1.0])
+def test_proposal_covered_by_propagation_is_rejected_uncovered_accepted(skip_below):
+    """Also when the cells are skipped (skip_below 1: none is encoded or decoded): their whole boxes are tested."""
     torch.manual_seed(0)
     coder = BoxCoder()
     s = 16
@@ -153,9 +155,11 @@ def test_proposal_covered_by_propagation_is_rejected_uncovered_accepted():
     covered = torch.zeros(1, 1, 64, 64)
     covered[..., :, :32] = 1.0  # left half explained by propagated objects
     def encode(frame, z_where, active=None):
-        return enc(extract(frame, z_where, (s, s)).flatten(0, 1))
+        glimpses = extract(frame, z_where, (s, s)).flatten(0, 1)
+        return enc(glimpses if active is None else glimpses[active])
 
-    step = disc(feats, frame, covered, torch.zeros(1, dtype=torch.long), 0.1, 1.0, True, encode, dec.glimpse, True)
+    step = disc(feats, frame, covered, torch.zeros(1, dtype=torch.long), 0.1, 1.0, True, encode, dec.glimpse, True,
+                skip_below=skip_below)
     sx, sy, tx, ty = step.z_where[0].unbind(-1)
     inside = (tx.abs() + sx < 1) & (ty.abs() + sy < 1)  # on screen, so the mask is not empty
     left = inside & (tx + sx * 1.1 < -0.05)  # box entirely in the left half
@@ -435,6 +439,8 @@ def test_importance_weighted_nll_is_finite():
     (dict(track_duplicate_iou=1.1), "track_duplicate_iou"),
     (dict(duplicate_ratio_threshold=0.0), "duplicate_ratio_threshold"),
     (dict(duplicate_copy_iou=1.5), "duplicate_copy_iou"),
+    (dict(skip_glimpse_below=-0.1), "skip_glimpse_below"),
+    (dict(train_skip_glimpse_below=1.5), "train_skip_glimpse_below"),
 ])
 def test_impossible_configs_raise_one_clear_error(kw, key):
     with pytest.raises(ConfigError, match=key):
@@ -619,6 +625,51 @@ def test_skipping_absent_cells_keeps_the_tracks_of_present_ones():
     # A tracked object needs presence > 0.7, far above the 0.1 skip threshold: same tracks.
     assert torch.equal(exact.counts, approx.counts) and torch.equal(exact.ids, approx.ids)
     torch.testing.assert_close(exact.boxes, approx.boxes)
+
+
+def _decoded_glimpses(m, video, **kw):
+    """(out, number of glimpses the decoder drew) of one training pass."""
+    seen = []
+    hook = m.glimpse_decoder.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    out = m(video, Schedule(detach=False), **kw)
+    hook.remove()
+    return out, sum(seen)
+
+
+def test_training_skip_of_absent_cells():
+    """train_skip_glimpse_below: nothing below the threshold -> the exact loss and gradients; a threshold above
+    every presence -> no discovery glimpse is drawn, and the loss still backpropagates."""
+    torch.manual_seed(0)
+    video = torch.rand(2, 3, 3, 64, 64)
+    results = []
+    for skip in (0.0, 1e-6):  # deterministic presences are sigmoid(8.8 tanh(.)) >= 1.5e-4: nothing skipped
+        torch.manual_seed(0)
+        m = tiny(deterministic=True, train_skip_glimpse_below=skip)
+        out, drawn = _decoded_glimpses(m, video)
+        out.neg_elbo.sum().backward()
+        results.append((out.neg_elbo.detach(), drawn, {n: p.grad.clone() for n, p in m.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-3)
+    assert results[0][1] == results[1][1]
+    for name, g in results[0][2].items():
+        assert (g - results[1][2][name]).norm() <= 1e-4 * (g.norm() + 1e-12), name
+
+    torch.manual_seed(0)
+    m = tiny(deterministic=True, train_skip_glimpse_below=1.0)  # every cell skipped: nothing discovered
+    out, drawn = _decoded_glimpses(m, video)
+    assert drawn == 0 and bool((out.counts == 0).all())
+    out.neg_elbo.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    assert m.discovery.proposal.pres_head[-1].weight.grad.abs().sum() > 0  # the presence KL still trains
+
+    torch.manual_seed(0)
+    m = tiny(train_skip_glimpse_below=0.5)  # sampled presences: only cells at or above 0.5 are drawn
+    torch.manual_seed(1)
+    out, drawn = _decoded_glimpses(m, video)
+    assert 0 < drawn < 2 * 3 * 16 + int(out.counts.sum())
+    m.eval()  # inference uses skip_glimpse_below (0): every cell again
+    with torch.no_grad():
+        _, drawn_eval = _decoded_glimpses(m, video, track_only=True)
+    assert drawn_eval >= 2 * 3 * 16
 
 
 def test_cap_keeps_tied_saturated_cells_up_to_the_budget():

@@ -55,7 +55,8 @@ class SCALOR(nn.Module):
                  nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
                  kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool = True,
                  checkpoint_encoder: bool = True, channels_last: bool = True, fixed_slots: bool = False,
-                 compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask",
+                 compile: bool = False, skip_glimpse_below: float = 0.0, train_skip_glimpse_below: float = 0.0,
+                 box_source: str = "mask",
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                  duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
@@ -70,7 +71,8 @@ class SCALOR(nn.Module):
                              center_range=center_range, duplicate_min_iou=duplicate_min_iou,
                              reject_min_iou=reject_min_iou, track_duplicate_iou=track_duplicate_iou,
                              z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold,
-                             duplicate_copy_iou=duplicate_copy_iou, reverse_init=reverse_init)
+                             duplicate_copy_iou=duplicate_copy_iou, reverse_init=reverse_init,
+                             skip_glimpse_below=skip_glimpse_below, train_skip_glimpse_below=train_skip_glimpse_below)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -88,6 +90,7 @@ class SCALOR(nn.Module):
         self.compile = compile
         self._compiled: dict = {}  # torch.compile'd glimpse networks, built at first use (not submodules)
         self.skip_glimpse_below = skip_glimpse_below
+        self.train_skip_glimpse_below = train_skip_glimpse_below
         self.box_source = box_source
         self.reverse_init = reverse_init
         self.backfill = backfill
@@ -122,8 +125,14 @@ class SCALOR(nn.Module):
                         reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                         duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
                         reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
+                        skip_glimpse_below: float = 0.0, train_skip_glimpse_below: float = 0.0,
                         **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
+        for key, value in (("skip_glimpse_below", skip_glimpse_below),
+                           ("train_skip_glimpse_below", train_skip_glimpse_below)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= 1):
+                raise ConfigError(f"model.{key}={value!r} must be a presence in [0, 1] (0: every cell is encoded "
+                                  "and decoded).")
         for key, value in (("reverse_init", reverse_init), ("backfill", backfill)):
             if not isinstance(value, bool):
                 raise ConfigError(f"model.{key}={value!r} must be true or false.")
@@ -394,7 +403,7 @@ class SCALOR(nn.Module):
                                   reject=prop is not None,
                                   encoder=self._encode, decoder=self._decode, deterministic=det,
                                   imagine=imagine, log_imp=log_imp,
-                                  skip_below=0.0 if self.training else self.skip_glimpse_below,
+                                  skip_below=self.train_skip_glimpse_below if self.training else self.skip_glimpse_below,
                                   prop_masks=presence_masks(prop.windows, prop.z_pres, self.img_hw)
                                   if prop is not None and self.discovery.reject_min_iou > 0 else None)
             for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
