@@ -202,31 +202,26 @@ class Discovery(nn.Module):
             on = z_pres_relaxed >= skip_below
             active = on.flatten().nonzero()[:, 0]
             z_pres_relaxed = z_pres_relaxed * on
-        none_on = active is not None and active.numel() == 0  # nothing to encode or decode (empty batches fail)
         if not imagine:
-            if none_on:
+            if active is None:
+                e_mean, e_raw = encoder(frame, z_where)
+            else:  # skipped cells: zeros (their KL weights are 0); an empty batch is never run (it fails)
                 e_mean = e_raw = frame.new_zeros(b * k, self.z_what_dim)
-            else:
-                e_mean, e_raw = encoder(frame, z_where, active)
-            if active is not None and not none_on:
-                e_mean = e_mean.new_zeros(b * k, e_mean.shape[-1]).index_copy(0, active, e_mean)
-                e_raw = e_raw.new_zeros(b * k, e_raw.shape[-1]).index_copy(0, active, e_raw)
+                if active.numel():
+                    on_mean, on_raw = encoder(frame, z_where, active)
+                    e_mean, e_raw = e_mean.index_copy(0, active, on_mean), e_raw.index_copy(0, active, on_raw)
             e_mean, e_std = e_mean.view(b, k, -1), F.softplus(e_raw).view(b, k, -1)
             z_what = sample_normal(e_mean, e_std, deterministic)
         if active is None:
             glimpse = decoder(z_what.flatten(0, 1))
-        elif none_on:
+        else:  # a skipped cell is its whole box (alpha 1, no colour) in the accept-reject test below; its presence
+            # is 0, so it draws nothing, but over a tracked object or a stronger proposal it is rejected and its
+            # presence KL pulls towards absence as the exact path's would
             glimpse = z_what.new_zeros(b * k, 4, s, s)
-        else:
-            decoded = decoder(z_what.flatten(0, 1)[active])
-            glimpse = decoded.new_zeros(b * k, 4, s, s).index_copy(0, active, decoded)
+            glimpse[:, 3] = 1.0
+            if active.numel():
+                glimpse = glimpse.index_copy(0, active, decoder(z_what.flatten(0, 1)[active]))
         glimpse = glimpse.view(b, k, 4, s, s)
-        if active is not None:  # a skipped cell is judged by its whole box in the accept-reject test below (its
-            # presence is 0, so it draws nothing): over a tracked object or a stronger proposal it is rejected, and
-            # its presence KL then pulls towards absence as the exact path's would
-            box = torch.zeros_like(glimpse[:1, :1])
-            box[:, :, 3] = 1.0
-            glimpse = torch.where(on[..., None, None, None], glimpse, box)
         win = render_windows(glimpse, z_where, self.win_hw, self.img_hw)
 
         # Accept-reject: a proposal whose binarised mask is mostly covered by propagated objects (and, with
