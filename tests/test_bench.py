@@ -53,3 +53,28 @@ def test_bench_bad_mode_is_one_line_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: trainer.precision=16-mixed is not measured by the benchmark: use 32-true or bf16-mixed."]
+
+
+def _benchmarks_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmarks_script", ROOT / "scripts" / "benchmarks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmarks_track_case_takes_the_newest_crowded_checkpoint(tmp_path, monkeypatch):
+    script = _benchmarks_script()
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    assert script.newest_checkpoint("dsprites_crowded") is None
+    for run in ("2026-12-01_10-00-00_000000", "2026-12-03_09-00-00_000000", "2026-12-02_10-00-00_000000"):
+        (tmp_path / "outputs" / "dsprites_crowded" / run / "checkpoints").mkdir(parents=True)
+        (tmp_path / "outputs" / "dsprites_crowded" / run / "checkpoints" / "best-epoch001-step000100.ckpt").touch()
+    (tmp_path / "outputs" / "dsprites_crowded" / "2026-12-03_09-00-00_000000" / "checkpoints" / "last.ckpt").touch()
+    assert script.newest_checkpoint("dsprites_crowded") == Path(
+        "outputs/dsprites_crowded/2026-12-03_09-00-00_000000/checkpoints/best-epoch001-step000100.ckpt")
+    # the case with the trained checkpoint is the one the target is checked on
+    case = next(c for c in script.CASES if script.CROWDED_CKPT in c[1] and c[3] is not None)
+    assert "experiment=dsprites_crowded" in case[1] and "bench.mode=track" in case[1]
+    assert case[3]({"frames_per_s": 25.0}) and not case[3]({"frames_per_s": 24.9})

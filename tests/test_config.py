@@ -33,7 +33,7 @@ def test_default_is_the_quick_experiment_with_the_reference_optimiser_defaults(c
     assert OmegaConf.select(cfg, "logger.wandb._target_").endswith("WandbLogger")
     opt = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(opt, torch.optim.RMSprop)
-    plain = compose_cfg("experiment=dsprites_crowded", tiny=False)
+    plain = compose_cfg("experiment=dsprites_dense", tiny=False)
     assert plain.optimizer.lr == 4e-5 and plain.scheduler is None
     tuned = compose_cfg("experiment=dsprites_easy", tiny=False)  # tuned for a 60-minute CPU budget (docs/results.md)
     assert tuned.optimizer._target_ == "torch.optim.Adam" and tuned.train_seq_len == 10 and tuned.model.sigma == 0.15
