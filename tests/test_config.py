@@ -150,6 +150,8 @@ BAD = [
     (["model.backfill=1"], "model.backfill=1 must be true or false"),
     (["model.backfill_copy_iou=0"], "model.backfill_copy_iou=0 must be in (0, 1]"),
     (["tracking_inference=greedy"], "tracking_inference=greedy is unknown"),
+    (["+callbacks.ema._target_=scalor.callbacks.EMA", "+callbacks.ema.decay=1.5"],
+     "callbacks.ema.decay=1.5 must be in (0, 1)"),
 ]
 if not torch.cuda.is_available():
     BAD += [(["strategy=ddp"], "strategy=ddp needs CUDA GPUs"), (["trainer=gpu"], "trainer=cpu")]
