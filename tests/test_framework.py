@@ -244,32 +244,31 @@ def test_wandb_offline_run_is_finished(compose_cfg, tmp_path):
     assert len(runs) == 1
 
 
+EMA_ON = ["+callbacks.ema._target_=scalor.callbacks.EMA", "+callbacks.ema.decay=0.5"]
+
+
 def test_ema_weights_are_validated_checkpointed_and_tested(compose_cfg, monkeypatch):
     from scalor.lit_module import SCALORLitModule
     seen = {}
 
-    def record(stage):
-        def hook(self):
-            seen[stage] = {k: v.detach().clone() for k, v in self.state_dict().items()}
-        return hook
+    def record_test_weights(self):
+        seen["test"] = {k: v.detach().clone() for k, v in self.state_dict().items()}
 
-    monkeypatch.setattr(SCALORLitModule, "on_test_start", record("test"), raising=False)
-    cfg = compose_cfg("trainer.max_steps=3", "trainer.val_check_interval=3", "test_after_fit=true",
-                      "+callbacks.ema._target_=scalor.callbacks.EMA", "+callbacks.ema.decay=0.5")
+    monkeypatch.setattr(SCALORLitModule, "on_test_start", record_test_weights, raising=False)
+    cfg = compose_cfg("trainer.max_steps=3", "trainer.val_check_interval=3", "test_after_fit=true", *EMA_ON)
     run(cfg)
     ckpts = Path(cfg.paths.output_dir) / "checkpoints"
-    best = torch.load(next(ckpts.glob("best-*.ckpt")), map_location="cpu", weights_only=True)
+    best_path = next(ckpts.glob("best-*.ckpt"))
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
     raw, avg = best["current_model_state"], best["state_dict"]
     assert any(not torch.equal(raw[k], avg[k]) for k in avg)  # an average, not the raw weights
     assert all(torch.equal(seen["test"][k], avg[k]) for k in avg)  # the test after fit ran on the average
     # task=test of that checkpoint evaluates the average too (no raw weights put back outside fitting)
     seen.clear()
-    run(compose_cfg("task=test", f"ckpt_path={next(ckpts.glob('best-*.ckpt'))}",
-                    "+callbacks.ema._target_=scalor.callbacks.EMA", run="test"))
+    run(compose_cfg("task=test", f"ckpt_path={best_path}", *EMA_ON, run="test"))
     assert all(torch.equal(seen["test"][k], avg[k]) for k in avg)
     # resuming a fit restores the raw weights under training and the average beside them
-    resumed = compose_cfg("ckpt_path=last", "trainer.max_steps=4", "+callbacks.ema._target_=scalor.callbacks.EMA",
-                          "+callbacks.ema.decay=0.5", run="resumed")
+    resumed = compose_cfg("ckpt_path=last", "trainer.max_steps=4", *EMA_ON, run="resumed")
     run(resumed)
     last = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
                       weights_only=True)
