@@ -50,6 +50,9 @@ CASES = [
     ("64px 4x4, 10 obj, glimpse 32, T10, B4, train",
      SMALL[:-1] + ["model.glimpse_size=32", "data.batch_size=4", "bench.steps=3"],
      "median <= 1.5 s, RSS <= 1 GB", lambda r: r["median_step_s"] <= 1.5 and r["peak_rss_mb"] <= 1024),
+    ("64px 4x4, 10 obj, glimpse 16, T10, B4, train",  # 16 px: not a size the spec defines (the easy experiments')
+     SMALL[:-1] + ["model.glimpse_size=16", "data.batch_size=4", "bench.steps=3"],
+     "median <= 1.5 s, RSS <= 1 GB", lambda r: r["median_step_s"] <= 1.5 and r["peak_rss_mb"] <= 1024),
     ("dsprites_easy as trained (64px 8x8, glimpse 16, T10, B8)", EASY + ["bench.steps=5"], "(the learning run)", None),
     ("same, train_skip_glimpse_below=0.02", EASY + ["model.train_skip_glimpse_below=0.02", "bench.steps=5"],
      "(approximation)", None),

@@ -524,6 +524,30 @@ def test_compiled_glimpse_networks_give_the_same_loss_and_gradients():
         assert err < 1e-3, (name, float(err))
 
 
+@pytest.mark.parametrize("img_size,glimpse_size", [(64, 32), (64, 16), (128, 64)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_decoder_heads_in_one_pass_equal_the_two_heads(img_size, glimpse_size, channels_last):
+    """The glimpse decoder's colour and alpha (one stacked convolution for one-conv heads) and their gradients
+    equal ``appearance`` and ``alpha`` applied one after the other."""
+    torch.manual_seed(0)
+    dec = GlimpseDecoder(glimpse_size, img_size)
+    if channels_last:
+        dec = dec.to(memory_format=torch.channels_last)
+    z = torch.randn(5, 64)
+    o, a = dec(z)
+    (o.sum() + 2 * a.sum()).backward()
+    fast = {n: p.grad.clone() for n, p in dec.named_parameters()}
+    dec.zero_grad()
+    x = dec.trunk(z[:, :, None, None])
+    o2, a2 = torch.sigmoid(dec.appearance(x)), torch.sigmoid(dec.alpha(x))
+    (o2.sum() + 2 * a2.sum()).backward()
+    assert o.shape == (5, 3, glimpse_size, glimpse_size) and a.shape == (5, 1, glimpse_size, glimpse_size)
+    torch.testing.assert_close(o, o2)
+    torch.testing.assert_close(a, a2)
+    for name, p in dec.named_parameters():
+        torch.testing.assert_close(fast[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_channels_last_weights_load_into_either_layout():
     """Checkpoints move between channels_last and plain models (the layout is not part of the weights)."""
     torch.manual_seed(0)

@@ -11,6 +11,7 @@ import math
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -196,7 +197,22 @@ class GlimpseDecoder(nn.Module):
 
     def forward(self, z_what: Tensor) -> tuple[Tensor, Tensor]:
         x = self.trunk(z_what[:, :, None, None])
-        return torch.sigmoid(self.appearance(x)), torch.sigmoid(self.alpha(x))
+        if len(self.appearance) > 1:  # two-conv heads (H >= 128): stacking them measured no faster
+            return torch.sigmoid(self.appearance(x)), torch.sigmoid(self.alpha(x))
+        y = torch.sigmoid(self._stacked_heads(x))
+        return y[:, :3], y[:, 3:]
+
+    def _stacked_heads(self, x: Tensor) -> Tensor:
+        """The one-conv heads as one convolution: (n, 16, S, S) -> logits (n, 4, S, S), colour then alpha.
+
+        ``appearance(x)`` and ``alpha(x)`` concatenated, with their weights stacked so that ``x`` is read once
+        (8-13% less decoder time forward and backward, docs/benchmarks.md).
+        """
+        a, b = self.appearance[0], self.alpha[0]
+        w = torch.cat([a.weight, b.weight])
+        if a.weight.is_contiguous(memory_format=torch.channels_last) and not a.weight.is_contiguous():
+            w = w.contiguous(memory_format=torch.channels_last)  # keep oneDNN on its NHWC kernels
+        return F.conv2d(x, w, torch.cat([a.bias, b.bias]), padding=a.padding)
 
     def glimpse(self, z_what: Tensor) -> Tensor:
         """(n, D) -> (n, 4, S, S): alpha-premultiplied appearance o * a, then alpha a (what is rendered)."""
