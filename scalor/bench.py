@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scalor.errors import ScalorError
+from scalor.model import SCALOR
 from scalor.summary import hardware
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -101,6 +102,9 @@ def run_bench(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(b.threads))
     device = torch.device("cuda" if b.device == "auto" and torch.cuda.is_available() else
                           "cpu" if b.device == "auto" else b.device)
+    # the model's own config check, as run.py does at startup (instantiate would wrap its error in Hydra's)
+    SCALOR.validate_config(**{k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+                              if k != "_target_"})
     torch.manual_seed(int(b.seed))
     model = instantiate(cfg.model, _convert_="all")
     if b.ckpt_path:

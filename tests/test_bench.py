@@ -53,6 +53,11 @@ def test_bench_bad_mode_is_one_line_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: trainer.precision=16-mixed is not measured by the benchmark: use 32-true or bf16-mixed."]
+    proc = subprocess.run([sys.executable, "-m", "scalor.bench", *TINY, "model.glimpse_size=24"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: model.glimpse_size=24 is not supported: use one of (16, 32, 64)."]
 
 
 def _benchmarks_script():

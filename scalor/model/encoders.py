@@ -208,11 +208,8 @@ class GlimpseDecoder(nn.Module):
         ``appearance(x)`` and ``alpha(x)`` concatenated, with their weights stacked so that ``x`` is read once
         (8-13% less decoder time forward and backward, docs/benchmarks.md).
         """
-        a, b = self.appearance[0], self.alpha[0]
-        w = torch.cat([a.weight, b.weight])
-        if a.weight.is_contiguous(memory_format=torch.channels_last) and not a.weight.is_contiguous():
-            w = w.contiguous(memory_format=torch.channels_last)  # keep oneDNN on its NHWC kernels
-        return F.conv2d(x, w, torch.cat([a.bias, b.bias]), padding=a.padding)
+        a, b = self.appearance[0], self.alpha[0]  # torch.cat keeps the weights' layout (NHWC with channels_last)
+        return F.conv2d(x, torch.cat([a.weight, b.weight]), torch.cat([a.bias, b.bias]), padding=a.padding)
 
     def glimpse(self, z_what: Tensor) -> Tensor:
         """(n, D) -> (n, 4, S, S): alpha-premultiplied appearance o * a, then alpha a (what is rendered)."""
