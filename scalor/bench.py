@@ -169,6 +169,8 @@ def run_bench(cfg: DictConfig) -> dict:
             "img_size": int(cfg.data.img_size), "grid": [int(cfg.grid.num_cell_h), int(cfg.grid.num_cell_w)],
             "batch_size": int(cfg.data.batch_size), "seq_len": int(cfg.data.seq_len),
             "model": OmegaConf.to_container(cfg.model, resolve=True),
+            # what the model runs with (checkpoint_decoder/encoder=auto resolve by glimpse size)
+            "checkpointing": {"decoder": model.checkpoint_decoder, "encoder": model.checkpoint_encoder},
         },
     }
     if profile is not None:

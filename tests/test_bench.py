@@ -25,6 +25,8 @@ def test_bench_prints_json_last(mode):
     assert result["frames_per_s"] == pytest.approx(3 / result["median_step_s"], rel=0.01)
     assert result["config"]["mode"] == mode and result["config"]["img_size"] == 64
     assert result["config"]["model"]["max_num_obj"] == 4
+    # dsprites_easy turns both glimpse-network checkpoints off (16 px glimpses): the JSON says what ran
+    assert result["config"]["checkpointing"] == {"decoder": False, "encoder": False}
     # The measured process holds the model and its input, not the framework (the input is drawn in a child).
     assert result["lightning_imported"] is False and 0 < result["baseline_rss_mb"] <= result["peak_rss_mb"]
     assert result["config"]["precision"] == "32-true"

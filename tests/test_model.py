@@ -386,6 +386,31 @@ def test_bg_alpha_curriculum_removes_the_background():
     torch.testing.assert_close(out.recon, out.visuals["fg"])
 
 
+@pytest.mark.parametrize("decoder", ["upsample", "sbd"])
+def test_background_of_all_frames_at_once_equals_frame_by_frame(decoder):
+    from scalor.model.background import Background
+    torch.manual_seed(0)
+    bgm = Background(32, decoder)
+    frames, alpha = torch.rand(2, 4, 3, 32, 32), torch.rand(2, 4, 1, 32, 32, requires_grad=True)
+    for z, h in ((None, None), (torch.randn(2, 10), torch.randn(2, 32))):  # a new sequence, a carried one
+        steps, z_t, h_t = [], z, h
+        for t in range(4):
+            steps.append(bgm(frames[:, t], alpha[:, t], z_t, h_t, deterministic=True, log_imp=True))
+            z_t, h_t = steps[-1].z_bg, steps[-1].h
+        seen = bgm.observe(frames, alpha, z, h, deterministic=True, log_imp=True)
+        for key in ("bg", "z_bg", "kl", "log_imp"):
+            torch.testing.assert_close(getattr(seen, key), torch.stack([getattr(s, key) for s in steps], 1))
+        torch.testing.assert_close(seen.h, h_t)
+        grads = torch.autograd.grad(sum(s.bg.sum() + s.kl.sum() for s in steps), [alpha, *bgm.parameters()])
+        grads_seen = torch.autograd.grad(seen.bg.sum() + seen.kl.sum(), [alpha, *bgm.parameters()])
+        for g, g_seen in zip(grads, grads_seen):  # weight gradients: sums over 8 frames in another order
+            assert float((g_seen - g).abs().max()) <= 1e-5 * float(g.abs().max()) + 1e-7
+    mean = bgm.observe(frames, alpha, None, None, deterministic=True).z_bg
+    sampled = bgm.observe(frames, alpha, None, None, deterministic=False)
+    assert sampled.z_bg.shape == mean.shape and not torch.equal(sampled.z_bg, mean)
+    assert torch.isfinite(sampled.kl).all() and torch.isfinite(sampled.bg).all()
+
+
 def test_generation_writes_every_frame_and_t0_works():
     torch.manual_seed(0)
     m = tiny()
@@ -441,6 +466,7 @@ def test_importance_weighted_nll_is_finite():
     (dict(duplicate_copy_iou=1.5), "duplicate_copy_iou"),
     (dict(skip_glimpse_below=-0.1), "skip_glimpse_below"),
     (dict(train_skip_glimpse_below=1.5), "train_skip_glimpse_below"),
+    (dict(checkpoint_decoder="yes"), "checkpoint_decoder"),
 ])
 def test_impossible_configs_raise_one_clear_error(kw, key):
     with pytest.raises(ConfigError, match=key):
@@ -490,6 +516,14 @@ def test_speed_and_memory_options_give_the_same_loss_and_gradients(option):
     for name, g in grads[0][1].items():  # other kernels sum in another order: compare relative to the norm
         err = (g - grads[1][1][name]).norm() / (g.norm() + 1e-12)
         assert err < 1e-4, (name, float(err))
+
+
+def test_checkpointing_auto_is_on_from_32_px_glimpses():
+    for size, on in ((16, False), (32, True), (64, True)):
+        m = tiny(glimpse_size=size)
+        assert m.checkpoint_decoder is on and m.checkpoint_encoder is on
+    m = tiny(glimpse_size=16, checkpoint_decoder=True, checkpoint_encoder="auto")
+    assert m.checkpoint_decoder is True and m.checkpoint_encoder is False
 
 
 def test_bf16_autocast_stays_close_to_fp32():

@@ -89,7 +89,8 @@ class BroadcastDecoder(nn.Module):
 
 @dataclass
 class BackgroundStep:
-    """One frame of background. bg (B,3,H,W); z_bg (B,D); h (B,Hd) prior state; kl, log_imp (B,)."""
+    """One frame of background. bg (B,3,H,W); z_bg (B,D); h (B,Hd) prior state; kl, log_imp (B,).
+    (:meth:`Background.observe`: T frames, with a time axis after the batch axis, h the last state.)"""
 
     bg: Tensor
     z_bg: Tensor
@@ -136,3 +137,29 @@ class Background(nn.Module):
         if log_imp:
             li = (normal_log_prob(z, p_mean, p_std) - normal_log_prob(z, q_mean, q_std)).sum(-1)
         return BackgroundStep(self.decoder(z), z, h, kl, li)
+
+    def observe(self, frames: Tensor, alpha: Tensor, z_prev: Tensor | None, h_prev: Tensor | None,
+                deterministic: bool, log_imp: bool = False) -> BackgroundStep:
+        """The background of T observed frames at once: frames (B,T,3,H,W), alpha A (B,T,1,H,W) -> BackgroundStep
+        with bg (B,T,3,H,W), z_bg (B,T,D), kl and log_imp (B,T) and h (B,Hd) the prior state after the last frame.
+
+        Frame t's posterior needs only frame t and its alpha, so the encoder and the decoder each run once over the
+        B*T frames; only the GRU prior steps through time. The same model as T calls of :meth:`forward` (equal with
+        ``deterministic``; sampled, the noise is drawn in another order).
+        """
+        b, t = frames.shape[:2]
+        q_mean, raw_std = self.encoder(torch.cat([frames, 1 - alpha], 2).flatten(0, 1))
+        q_mean, q_std = q_mean.view(b, t, -1), F.softplus(raw_std).view(b, t, -1)
+        z = sample_normal(q_mean, q_std, deterministic)
+        p_mean, p_std, h = [], [], h_prev
+        for k in range(t):
+            mean_k, std_k, h = self.prior(z[:, k - 1] if k else z_prev, h, b, frames)
+            p_mean.append(mean_k)
+            p_std.append(std_k)
+        p_mean, p_std = torch.stack(p_mean, 1), torch.stack(p_std, 1)
+        kl = kl_normal(q_mean, q_std, p_mean, p_std).sum(-1)
+        li = frames.new_zeros(b, t)
+        if log_imp:
+            li = (normal_log_prob(z, p_mean, p_std) - normal_log_prob(z, q_mean, q_std)).sum(-1)
+        bg = self.decoder(z.flatten(0, 1))
+        return BackgroundStep(bg.view(b, t, *bg.shape[1:]), z, h, kl, li)

@@ -23,6 +23,7 @@ from .render import (BoxCoder, Windows, boxes_to_xyxy, extract, gather_windows, 
 from .state import Carry, ObjectState, SequenceOutput
 
 GLIMPSE_SIZES = (16, 32, 64)
+CHECKPOINT_FROM = 32  # checkpoint_decoder/encoder=auto: recompute the glimpse networks from this glimpse size on
 CURRICULUM_ALPHA = 0.9  # SCALOR-SPEC §4.5
 
 
@@ -53,8 +54,8 @@ class SCALOR(nn.Module):
                  ratio_anc: float = 2.5, var_anc: float = 0.5, explained_ratio_threshold: float = 0.3,
                  z_pres_disc_threshold: float = 0.7, gen_disc_pres_probs: float = 0.1, observe_frames: int = 5,
                  nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
-                 kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool = True,
-                 checkpoint_encoder: bool = True, channels_last: bool = True, fixed_slots: bool = False,
+                 kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool | str = "auto",
+                 checkpoint_encoder: bool | str = "auto", channels_last: bool = True, fixed_slots: bool = False,
                  compile: bool = False, skip_glimpse_below: float = 0.0, train_skip_glimpse_below: float = 0.0,
                  box_source: str = "mask",
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
@@ -72,7 +73,8 @@ class SCALOR(nn.Module):
                              reject_min_iou=reject_min_iou, track_duplicate_iou=track_duplicate_iou,
                              z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold,
                              duplicate_copy_iou=duplicate_copy_iou, reverse_init=reverse_init,
-                             skip_glimpse_below=skip_glimpse_below, train_skip_glimpse_below=train_skip_glimpse_below)
+                             skip_glimpse_below=skip_glimpse_below, train_skip_glimpse_below=train_skip_glimpse_below,
+                             checkpoint_decoder=checkpoint_decoder, checkpoint_encoder=checkpoint_encoder)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -84,8 +86,10 @@ class SCALOR(nn.Module):
         self.nll_samples = nll_samples
         self.deterministic = deterministic
         self.no_background = no_background
-        self.checkpoint_decoder = checkpoint_decoder
-        self.checkpoint_encoder = checkpoint_encoder
+        # auto: recompute the glimpse networks in backward from 32 px glimpses on, where their activations are
+        # what fills memory; 16 px activations are small and recomputing them costs 15% of a step (benchmarks.md)
+        self.checkpoint_decoder = glimpse_size >= CHECKPOINT_FROM if checkpoint_decoder == "auto" else checkpoint_decoder
+        self.checkpoint_encoder = glimpse_size >= CHECKPOINT_FROM if checkpoint_encoder == "auto" else checkpoint_encoder
         self.fixed_slots = fixed_slots
         self.compile = compile
         self._compiled: dict = {}  # torch.compile'd glimpse networks, built at first use (not submodules)
@@ -126,8 +130,13 @@ class SCALOR(nn.Module):
                         duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
                         reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
                         skip_glimpse_below: float = 0.0, train_skip_glimpse_below: float = 0.0,
+                        checkpoint_decoder: bool | str = "auto", checkpoint_encoder: bool | str = "auto",
                         **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
+        for key, value in (("checkpoint_decoder", checkpoint_decoder), ("checkpoint_encoder", checkpoint_encoder)):
+            if not (isinstance(value, bool) or value == "auto"):
+                raise ConfigError(f"model.{key}={value!r} must be true, false or auto (on for glimpses of "
+                                  f"{CHECKPOINT_FROM} px and more).")
         for key, value in (("skip_glimpse_below", skip_glimpse_below),
                            ("train_skip_glimpse_below", train_skip_glimpse_below)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= 1):
@@ -381,7 +390,7 @@ class SCALOR(nn.Module):
         state, z_bg, h_bg, next_id = carry.objects, carry.z_bg, carry.h_bg, carry.next_id
         n_alive = int(state.mask.sum(1).max()) if state.mask.numel() else 0
         terms = {key: [] for key in ("log_like", "kl_what", "kl_where", "kl_depth", "kl_pres", "kl_bg", "log_imp")}
-        recon, counts, boxes, ids, presence = [], [], [], [], []
+        recon, counts, boxes, ids, presence, fgs, alphas = [], [], [], [], [], [], []
         vis = {key: [] for key in ("bg", "fg", "alpha", "seg", "disc_boxes", "disc_pres", "prop_boxes",
                                    "prop_pres")} if visuals else None
         zeros_b = video.new_zeros(b)
@@ -408,28 +417,17 @@ class SCALOR(nn.Module):
                                   if prop is not None and self.discovery.reject_min_iou > 0 else None)
             for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
                 terms[key].append(getattr(disc, key) + (getattr(prop, key) if prop is not None else 0))
-            if track_only:  # boxes and IDs only: no compositing, background or likelihood
-                for key in ("log_like", "kl_bg", "log_imp"):
-                    terms[key].append(zeros_b)
-            else:
+            terms["log_imp"].append(disc.log_imp + (prop.log_imp if prop is not None else 0))
+            if not track_only:  # track-only: boxes and IDs only, no compositing, background or likelihood
                 disc_c = self._canvases(disc.windows, disc.z_pres, disc.z_depth)
                 fg, alpha = self._composite(prop_c if prop is not None else None, disc_c, schedule)
-                if self.background is None:
-                    bg, kl_bg, li_bg = torch.zeros_like(fg), zeros_b, zeros_b
-                else:
-                    step = self.background(frame, alpha, z_bg, h_bg, det, imagine, log_imp)
-                    bg, kl_bg, li_bg, z_bg, h_bg = step.bg, step.kl, step.log_imp, step.z_bg, step.h
-                y = fg + (1 - alpha) * bg
-                terms["log_like"].append(normal_log_prob(video[:, t], y, self.sigma).flatten(1).sum(1))
-                terms["kl_bg"].append(kl_bg)
-                terms["log_imp"].append(disc.log_imp + (prop.log_imp if prop is not None else 0) + li_bg)
-                recon.append(y)
+                fgs.append(fg)
+                alphas.append(alpha)
 
             if visuals:
                 groups = [(disc.windows, disc.z_pres, disc.z_depth, self._new_ids(disc.z_pres, next_id))]
                 if prop is not None:
                     groups.insert(0, (prop.windows, prop.z_pres, prop.z_depth, state.ids))
-                vis["bg"].append(bg.detach())
                 vis["fg"].append(fg.detach())
                 vis["alpha"].append(alpha.detach())
                 vis["seg"].append(self._segmentation([tuple(x.detach() if torch.is_tensor(x) else x for x in g)
@@ -455,6 +453,16 @@ class SCALOR(nn.Module):
             boxes.append(box * state.mask[..., None])
             presence.append(pres)
 
+        if track_only:
+            terms["log_like"] = terms["kl_bg"] = [zeros_b] * t_len
+        else:
+            fg, alpha = torch.stack(fgs, 1), torch.stack(alphas, 1)
+            bg, z_bg, h_bg = self._backgrounds(video, fg, alpha, n_obs, z_bg, h_bg, log_imp, terms)
+            for t in range(t_len):
+                recon.append(fg[:, t] + (1 - alpha[:, t]) * bg[:, t])
+                terms["log_like"].append(normal_log_prob(video[:, t], recon[t], self.sigma).flatten(1).sum(1))
+            if visuals:
+                vis["bg"] = list(bg.detach().unbind(1))
         mean_t = {key: torch.stack(val, 1).mean(1) for key, val in terms.items() if key != "log_imp"}
         out_vis = None
         recon = torch.stack(recon, 1) if recon else video.new_zeros(b, 0, *video.shape[2:])
@@ -468,6 +476,37 @@ class SCALOR(nn.Module):
             carry=Carry(state, lstm, z_bg, h_bg, next_id), visuals=out_vis,
         )
 
+
+    def _backgrounds(self, video: Tensor, fg: Tensor, alpha: Tensor, n_obs: int, z_bg: Tensor | None,
+                     h_bg: Tensor | None, log_imp: bool, terms: dict) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Backgrounds (B,T,3,H,W) of video (B,T,3,H,W) behind the objects' total alpha (B,T,1,H,W), the first n_obs
+        frames observed and the rest imagined, and the last z_bg, h_bg; appends each frame's kl_bg to
+        ``terms["kl_bg"]`` and adds its importance log-ratio to ``terms["log_imp"]``.
+
+        Nothing the objects do depends on the background, so it runs after the loop over frames: the observed
+        frames in one batch (:meth:`Background.observe`), the imagined ones frame by frame from the prior.
+        """
+        b, t_len = fg.shape[:2]
+        if self.background is None:
+            terms["kl_bg"] += [fg.new_zeros(b)] * t_len
+            return torch.zeros_like(fg), z_bg, h_bg
+        bgs, kls, lis = [], [], []
+        if n_obs > 0:
+            seen = self.background.observe(video[:, :n_obs], alpha[:, :n_obs], z_bg, h_bg, self.deterministic,
+                                           log_imp)
+            bgs.append(seen.bg)
+            kls += seen.kl.unbind(1)
+            lis += seen.log_imp.unbind(1)
+            z_bg, h_bg = seen.z_bg[:, -1], seen.h
+        for t in range(n_obs, t_len):
+            step = self.background(None, alpha[:, t], z_bg, h_bg, self.deterministic, imagine=True, log_imp=log_imp)
+            bgs.append(step.bg[:, None])
+            kls.append(step.kl)
+            lis.append(step.log_imp)
+            z_bg, h_bg = step.z_bg, step.h
+        terms["kl_bg"] += kls
+        terms["log_imp"] = [li_obj + li_bg for li_obj, li_bg in zip(terms["log_imp"], lis)]
+        return torch.cat(bgs, 1), z_bg, h_bg
 
     @torch.no_grad()
     def importance_nll(self, video: Tensor, schedule: Schedule = Schedule(), samples: int | None = None) -> Tensor:
