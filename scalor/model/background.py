@@ -89,14 +89,24 @@ class BroadcastDecoder(nn.Module):
 
 @dataclass
 class BackgroundStep:
-    """One frame of background. bg (B,3,H,W); z_bg (B,D); h (B,Hd) prior state; kl, log_imp (B,).
-    (:meth:`Background.observe`: T frames, with a time axis after the batch axis, h the last state.)"""
+    """Background of one frame: bg (B,3,H,W); z_bg (B,D); h (B,Hd) prior state; kl, log_imp (B,). Of T frames
+    (:meth:`Background.observe`, :meth:`Background.sequence`): a time axis after the batch axis, h the last state."""
 
     bg: Tensor
     z_bg: Tensor
     h: Tensor
     kl: Tensor
     log_imp: Tensor
+
+    def frame(self, t: int) -> "BackgroundStep":
+        """Frame t of a T-frame step (h stays the last state)."""
+        return BackgroundStep(self.bg[:, t], self.z_bg[:, t], self.h, self.kl[:, t], self.log_imp[:, t])
+
+    @staticmethod
+    def join(steps: list["BackgroundStep"]) -> "BackgroundStep":
+        """T-frame steps one after another -> one step over all their frames."""
+        cat = {key: torch.cat([getattr(s, key) for s in steps], 1) for key in ("bg", "z_bg", "kl", "log_imp")}
+        return BackgroundStep(h=steps[-1].h, **cat)
 
 
 class Background(nn.Module):
@@ -122,21 +132,14 @@ class Background(nn.Module):
 
     def forward(self, frame: Tensor | None, alpha: Tensor, z_prev: Tensor | None, h_prev: Tensor | None,
                 deterministic: bool, imagine: bool = False, log_imp: bool = False) -> BackgroundStep:
-        """frame (B,3,H,W) or None when imagined, alpha A (B,1,H,W) -> BackgroundStep."""
+        """frame (B,3,H,W) or None when imagined, alpha A (B,1,H,W) -> BackgroundStep of that frame."""
+        if not imagine:
+            return self.observe(frame[:, None], alpha[:, None], z_prev, h_prev, deterministic, log_imp).frame(0)
         b = alpha.shape[0]
         p_mean, p_std, h = self.prior(z_prev, h_prev, b, alpha)
+        z = sample_normal(p_mean, p_std, deterministic)
         zero = alpha.new_zeros(b)
-        if imagine:
-            z = sample_normal(p_mean, p_std, deterministic)
-            return BackgroundStep(self.decoder(z), z, h, zero, zero)
-        q_mean, raw_std = self.encoder(torch.cat([frame, 1 - alpha], 1))
-        q_std = F.softplus(raw_std)
-        z = sample_normal(q_mean, q_std, deterministic)
-        kl = kl_normal(q_mean, q_std, p_mean, p_std).sum(-1)
-        li = zero
-        if log_imp:
-            li = (normal_log_prob(z, p_mean, p_std) - normal_log_prob(z, q_mean, q_std)).sum(-1)
-        return BackgroundStep(self.decoder(z), z, h, kl, li)
+        return BackgroundStep(self.decoder(z), z, h, zero, zero)
 
     def observe(self, frames: Tensor, alpha: Tensor, z_prev: Tensor | None, h_prev: Tensor | None,
                 deterministic: bool, log_imp: bool = False) -> BackgroundStep:
@@ -163,3 +166,18 @@ class Background(nn.Module):
             li = (normal_log_prob(z, p_mean, p_std) - normal_log_prob(z, q_mean, q_std)).sum(-1)
         bg = self.decoder(z.flatten(0, 1))
         return BackgroundStep(bg.view(b, t, *bg.shape[1:]), z, h, kl, li)
+
+    def sequence(self, frames: Tensor, alpha: Tensor, n_obs: int, z_prev: Tensor | None, h_prev: Tensor | None,
+                 deterministic: bool, log_imp: bool = False) -> BackgroundStep:
+        """Backgrounds of T frames (B,T,3,H,W) behind alpha (B,T,1,H,W), the first n_obs observed (in one batch,
+        :meth:`observe`) and the rest imagined from the prior, frame by frame -> BackgroundStep over the T frames."""
+        steps = []
+        if n_obs > 0:
+            steps.append(self.observe(frames[:, :n_obs], alpha[:, :n_obs], z_prev, h_prev, deterministic, log_imp))
+            z_prev, h_prev = steps[-1].z_bg[:, -1], steps[-1].h
+        for t in range(n_obs, frames.shape[1]):
+            step = self(None, alpha[:, t], z_prev, h_prev, deterministic, imagine=True, log_imp=log_imp)
+            steps.append(BackgroundStep(step.bg[:, None], step.z_bg[:, None], step.h, step.kl[:, None],
+                                        step.log_imp[:, None]))
+            z_prev, h_prev = step.z_bg, step.h
+        return BackgroundStep.join(steps)

@@ -88,8 +88,9 @@ class SCALOR(nn.Module):
         self.no_background = no_background
         # auto: recompute the glimpse networks in backward from 32 px glimpses on, where their activations are
         # what fills memory; 16 px activations are small and recomputing them costs 15% of a step (benchmarks.md)
-        self.checkpoint_decoder = glimpse_size >= CHECKPOINT_FROM if checkpoint_decoder == "auto" else checkpoint_decoder
-        self.checkpoint_encoder = glimpse_size >= CHECKPOINT_FROM if checkpoint_encoder == "auto" else checkpoint_encoder
+        auto = glimpse_size >= CHECKPOINT_FROM
+        self.checkpoint_decoder = auto if checkpoint_decoder == "auto" else checkpoint_decoder
+        self.checkpoint_encoder = auto if checkpoint_encoder == "auto" else checkpoint_encoder
         self.fixed_slots = fixed_slots
         self.compile = compile
         self._compiled: dict = {}  # torch.compile'd glimpse networks, built at first use (not submodules)
@@ -453,16 +454,22 @@ class SCALOR(nn.Module):
             boxes.append(box * state.mask[..., None])
             presence.append(pres)
 
-        if track_only:
-            terms["log_like"] = terms["kl_bg"] = [zeros_b] * t_len
-        else:
-            fg, alpha = torch.stack(fgs, 1), torch.stack(alphas, 1)
-            bg, z_bg, h_bg = self._backgrounds(video, fg, alpha, n_obs, z_bg, h_bg, log_imp, terms)
-            for t in range(t_len):
-                recon.append(fg[:, t] + (1 - alpha[:, t]) * bg[:, t])
+        # The background after the loop: nothing the objects do depends on it, so its encoder and decoder run once
+        # over all observed frames (Background.sequence); without one, a frame is its foreground.
+        terms["log_like"] = terms["kl_bg"] = [zeros_b] * t_len
+        if not track_only:
+            bg = None
+            if self.background is not None:
+                bg = self.background.sequence(video, torch.stack(alphas, 1), n_obs, z_bg, h_bg, det, log_imp)
+                z_bg, h_bg = bg.z_bg[:, -1], bg.h
+                terms["kl_bg"] = list(bg.kl.unbind(1))
+                terms["log_imp"] = [li + li_bg for li, li_bg in zip(terms["log_imp"], bg.log_imp.unbind(1))]
+            terms["log_like"] = []
+            for t, (fg, alpha) in enumerate(zip(fgs, alphas)):
+                recon.append(fg if bg is None else fg + (1 - alpha) * bg.bg[:, t])
                 terms["log_like"].append(normal_log_prob(video[:, t], recon[t], self.sigma).flatten(1).sum(1))
-            if visuals:
-                vis["bg"] = list(bg.detach().unbind(1))
+                if visuals:
+                    vis["bg"].append(torch.zeros_like(fg) if bg is None else bg.bg[:, t].detach())
         mean_t = {key: torch.stack(val, 1).mean(1) for key, val in terms.items() if key != "log_imp"}
         out_vis = None
         recon = torch.stack(recon, 1) if recon else video.new_zeros(b, 0, *video.shape[2:])
@@ -476,37 +483,6 @@ class SCALOR(nn.Module):
             carry=Carry(state, lstm, z_bg, h_bg, next_id), visuals=out_vis,
         )
 
-
-    def _backgrounds(self, video: Tensor, fg: Tensor, alpha: Tensor, n_obs: int, z_bg: Tensor | None,
-                     h_bg: Tensor | None, log_imp: bool, terms: dict) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Backgrounds (B,T,3,H,W) of video (B,T,3,H,W) behind the objects' total alpha (B,T,1,H,W), the first n_obs
-        frames observed and the rest imagined, and the last z_bg, h_bg; appends each frame's kl_bg to
-        ``terms["kl_bg"]`` and adds its importance log-ratio to ``terms["log_imp"]``.
-
-        Nothing the objects do depends on the background, so it runs after the loop over frames: the observed
-        frames in one batch (:meth:`Background.observe`), the imagined ones frame by frame from the prior.
-        """
-        b, t_len = fg.shape[:2]
-        if self.background is None:
-            terms["kl_bg"] += [fg.new_zeros(b)] * t_len
-            return torch.zeros_like(fg), z_bg, h_bg
-        bgs, kls, lis = [], [], []
-        if n_obs > 0:
-            seen = self.background.observe(video[:, :n_obs], alpha[:, :n_obs], z_bg, h_bg, self.deterministic,
-                                           log_imp)
-            bgs.append(seen.bg)
-            kls += seen.kl.unbind(1)
-            lis += seen.log_imp.unbind(1)
-            z_bg, h_bg = seen.z_bg[:, -1], seen.h
-        for t in range(n_obs, t_len):
-            step = self.background(None, alpha[:, t], z_bg, h_bg, self.deterministic, imagine=True, log_imp=log_imp)
-            bgs.append(step.bg[:, None])
-            kls.append(step.kl)
-            lis.append(step.log_imp)
-            z_bg, h_bg = step.z_bg, step.h
-        terms["kl_bg"] += kls
-        terms["log_imp"] = [li_obj + li_bg for li_obj, li_bg in zip(terms["log_imp"], lis)]
-        return torch.cat(bgs, 1), z_bg, h_bg
 
     @torch.no_grad()
     def importance_nll(self, video: Tensor, schedule: Schedule = Schedule(), samples: int | None = None) -> Tensor:
