@@ -4,6 +4,9 @@
     python scripts/results.py outputs/dsprites_easy/2026-11-22_10-00-00_000000 [...]   # several of one experiment:
                                                        # its newest first, then the earlier ones
 
+Only the experiments of the given (or found) runs are rewritten: the page keeps the sections of the others as
+they are, so a run folder that lives on another machine does not have to be present to update one experiment.
+
 A run folder is what `python run.py task=fit ...` leaves: summary.json (command, hardware, wall time, steps,
 test metrics), csv/version_*/metrics.csv (the CSV logger's history) and media/test_tracking.{mp4,png}.
 Per experiment the page gets a table row, loss and validation curves (PNG) and the tracking video and panel
@@ -227,6 +230,20 @@ def section(run_dir: Path, docs: Path, earlier: bool = False) -> str:
     return "\n".join(lines)
 
 
+def experiment_sections(body: str) -> dict[str, str]:
+    """The page's sections between the markers, by experiment: each starts at its ``### <name>`` heading
+    (earlier runs are ``####`` sub-sections of it); text before the first heading is dropped."""
+    sections: dict[str, list[str]] = {}
+    name = None
+    for line in body.strip("\n").split("\n"):
+        if line.startswith("### "):
+            name = line[4:].strip()
+            sections[name] = []
+        if name is not None:
+            sections[name].append(line)
+    return {k: "\n".join(v).rstrip("\n") + "\n" for k, v in sections.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="*", type=Path, help="run folders (default: newest fit run per experiment)")
@@ -243,13 +260,17 @@ def main() -> None:
     by_name: dict[str, list[Path]] = {}
     for run in runs:
         by_name.setdefault(read_summary(run)["name"], []).append(run)
-    body = "\n".join(section(run, args.docs, earlier=i > 0) for group in by_name.values()
-                     for i, run in enumerate(sorted(group, key=lambda r: read_summary(r)["finished"], reverse=True)))
+    new = {name: "\n".join(section(run, args.docs, earlier=i > 0) for i, run in
+                            enumerate(sorted(group, key=lambda r: read_summary(r)["finished"], reverse=True)))
+           for name, group in by_name.items()}
     page = args.docs / "results.md"
     text = page.read_text() if page.is_file() else f"# Results\n\n{START}\n{END}\n"
     if START not in text or END not in text:
         parser.error(f"{page} lacks the {START} ... {END} markers the table goes between")
     head, rest = text.split(START, 1)
+    kept = experiment_sections(rest.split(END, 1)[0])
+    body = "\n".join(new.pop(name, old) for name, old in kept.items()) if kept else ""
+    body = "\n".join(filter(None, [body, *new.values()]))
     page.write_text(f"{head}{START}\n{body}\n{END}{rest.split(END, 1)[1]}")
     print(f"wrote {page} ({len(runs)} runs)")
 

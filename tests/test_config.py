@@ -33,10 +33,12 @@ def test_default_is_the_quick_experiment_with_the_reference_optimiser_defaults(c
     assert OmegaConf.select(cfg, "logger.wandb._target_").endswith("WandbLogger")
     opt = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(opt, torch.optim.RMSprop)
-    plain = compose_cfg("experiment=dsprites_dense", tiny=False)
+    plain = compose_cfg("experiment=grand_central", tiny=False)
     assert plain.optimizer.lr == 4e-5 and plain.scheduler is None
-    tuned = compose_cfg("experiment=dsprites_easy", tiny=False)  # tuned for a 60-minute CPU budget (docs/results.md)
-    assert tuned.optimizer._target_ == "torch.optim.Adam" and tuned.train_seq_len == 10 and tuned.model.sigma == 0.15
+    for name in ("dsprites_easy", "dsprites_crowded", "mnist_crowded", "dsprites_dense"):  # easy's tuned settings
+        tuned = compose_cfg(f"experiment={name}", tiny=False)
+        assert tuned.optimizer._target_ == "torch.optim.Adam" and tuned.train_seq_len == 10, name
+        assert tuned.model.sigma == 0.15 and tuned.model.reject_duplicates and tuned.model.no_background, name
 
 
 @pytest.mark.parametrize("grid", ["4x4", "8x8", "16x16"])

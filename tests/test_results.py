@@ -113,6 +113,29 @@ def test_results_page_with_earlier_runs_of_an_experiment(tmp_path):
     assert (docs / "results" / "easy" / "old" / "curves.png").is_file()
 
 
+def test_results_page_keeps_the_sections_of_experiments_not_given(tmp_path):
+    """Updating one experiment leaves the others' sections (whose run folders may be elsewhere) as they were, and
+    replaces that experiment's own section, earlier-run sub-sections included, where it stood."""
+    run = fake_run(tmp_path / "outputs", "crowded", "a", metrics={"test/mota": 0.3})
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    kept = "### easy\n\nEASY-TABLE\n\n#### easy, earlier run\n\nEASY-OLD\n"
+    (docs / "results.md").write_text(f"# R\n<!-- results:start -->\n{kept}\n### crowded\n\nCROWDED-OLD\n\n"
+                                     "### dense\n\nDENSE-TABLE\n<!-- results:end -->\ntail\n")
+    proc = subprocess.run([sys.executable, "scripts/results.py", str(run), "--docs", str(docs)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    page = (docs / "results.md").read_text()
+    assert page.startswith(f"# R\n<!-- results:start -->\n{kept}\n### crowded\n") and "CROWDED-OLD" not in page
+    assert page.index("| fit | 0.300 |") < page.index("### dense\n\nDENSE-TABLE\n") and page.endswith("tail\n")
+    new = fake_run(tmp_path / "outputs", "mnist", "b", metrics={"test/mota": 0.4})
+    subprocess.run([sys.executable, "scripts/results.py", str(new), "--docs", str(docs)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    page = (docs / "results.md").read_text()
+    assert page.index("DENSE-TABLE") < page.index("### mnist") < page.index("| fit | 0.400 |") < page.index("tail")
+    assert "| fit | 0.300 |" in page and "EASY-OLD" in page
+
+
 def test_results_script_refuses_a_folder_without_summary(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/results.py", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
