@@ -43,7 +43,8 @@ def hardware() -> str:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cores} CPU cores ({model}), {torch.get_num_threads()} torch threads"
+    threads = torch.get_num_threads()
+    return f"{cores} CPU cores ({model}), {threads} torch thread{'' if threads == 1 else 's'}"
 
 
 def write_summary(cfg: DictConfig, task: str, seconds: float, steps: Optional[int], metrics: dict[str, Any],

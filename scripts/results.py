@@ -148,6 +148,16 @@ def tests_of(run_dir: Path, checkpoint: str | None) -> list[dict]:
 ERRORS = "test/errors/"
 
 
+def count_bins(counts: list[int], most: int = 12) -> list[tuple[int, int]]:
+    """Columns of the count table: one per ground-truth count, or, with more than ``most`` of them, ranges of
+    equal width from the smallest to the largest count (only ranges that hold frames)."""
+    if len(counts) <= most:
+        return [(k, k) for k in counts]
+    width = -(-(counts[-1] - counts[0] + 1) // 10)
+    starts = sorted({counts[0] + (k - counts[0]) // width * width for k in counts})
+    return [(lo, min(lo + width - 1, counts[-1])) for lo in starts]
+
+
 def error_lines(metrics: dict) -> list[str]:
     """Tables of where the test errors come from (``test/errors/*``, scalor.metrics.ErrorBreakdown); none if the
     run did not log them."""
@@ -155,7 +165,9 @@ def error_lines(metrics: dict) -> list[str]:
     if "misses" not in e:
         return []
     n = lambda key: str(round(float(e.get(key, 0))))  # noqa: E731
-    counts = sorted(int(k.split("/")[1]) for k in e if k.startswith("by_gt/") and k.endswith("/frames"))
+    counts = count_bins(sorted(int(k.split("/")[1]) for k in e if k.startswith("by_gt/") and k.endswith("/frames")))
+    per_bin = lambda what: " | ".join(  # noqa: E731
+        str(sum(round(float(e.get(f"by_gt/{k}/{what}", 0))) for k in range(lo, hi + 1))) for lo, hi in counts)
     return [
         "Where the test errors are (`test/errors/*`): misses of objects at least half hidden behind others, with "
         "their centre inside a box matched to another object, inside a false positive (one object drawing two), "
@@ -166,10 +178,11 @@ def error_lines(metrics: dict) -> list[str]:
         "| " + " | ".join(n(k) for k in ("misses", "misses/hidden", "misses/in_matched", "misses/in_unmatched",
                                          "misses/free", "false_positives", "false_positives/merge",
                                          "false_positives/one", "false_positives/empty")) + " |", "",
-        "| objects in the frame | " + " | ".join(str(k) for k in counts) + " | all |", "|" + "---|" * (len(counts) + 2),
-        "| frames | " + " | ".join(n(f"by_gt/{k}/frames") for k in counts) + f" | {n('frames')} |",
-        "| count too low | " + " | ".join(n(f"by_gt/{k}/under") for k in counts) + f" | {n('frames/under')} |",
-        "| count too high | " + " | ".join(n(f"by_gt/{k}/over") for k in counts) + f" | {n('frames/over')} |", "",
+        "| objects in the frame | " + " | ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in counts)
+        + " | all |", "|" + "---|" * (len(counts) + 2),
+        f"| frames | {per_bin('frames')} | {n('frames')} |",
+        f"| count too low | {per_bin('under')} | {n('frames/under')} |",
+        f"| count too high | {per_bin('over')} | {n('frames/over')} |", "",
         f"Of the {n('frames/under')} frames counted too low, {n('frames/under_hidden')} hold an object at least half "
         f"hidden, {n('frames/under_first')} more are first frames, "
         + (f"{n('frames/under_carried')} more follow a first frame counted too low with every frame in between too "
@@ -204,15 +217,18 @@ def section(run_dir: Path, docs: Path, earlier: bool = False) -> str:
         lines += ["The fit's own test, then the later tests of the same checkpoint:", ""]
         lines += [f"- re-test {i}: `{r['command']}`" for i, r in enumerate(retests, 1)] + [""]
     # one breakdown of the errors per distinct breakdown (a later test may know more kinds of error, or run
-    # other inference settings); an older fit's breakdown is left out where a re-test of it knows more
+    # other inference settings); an older fit's breakdown is left out where a re-test of it knows more, or
+    # counts the same errors with another count table (ground-truth counts above 64 were one row before)
     groups: dict = {}
     for label, m in rows:
         errs = tuple(sorted((k, v) for k, v in m.items() if k.startswith(ERRORS) and v is not None))
         if errs:
             groups.setdefault(errs, []).append(label)
     kinds = {errs: {k for k, _ in errs} for errs in groups}
+    totals = {errs: {kv for kv in errs if not kv[0].startswith(ERRORS + "by_gt/")} for errs in groups}
     for errs, labels in groups.items():
-        if labels == ["fit"] and any(kinds[errs] < other for other in kinds.values()):
+        if labels == ["fit"] and any(kinds[errs] < kinds[other] or (totals[errs] == totals[other] and other != errs)
+                                     for other in groups):
             continue
         errors = error_lines(dict(errs))
         if errors and retests:

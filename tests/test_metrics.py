@@ -460,6 +460,20 @@ def test_error_breakdown_separates_first_frame_under_counts_carried_on():
     assert got["frames/under_carried"] == 1 and got["frames/under_other"] == 1
 
 
+def test_error_breakdown_keeps_large_counts_apart():
+    """Dense scenes (80-100 objects): each frame's ground-truth count is its own row, not one capped bucket."""
+    from scalor.metrics import ErrorBreakdown
+
+    grid = np.stack(np.meshgrid(np.arange(10), np.arange(10)), -1).reshape(-1, 2) / 10.0
+    boxes = np.concatenate([grid, grid + 0.05], -1)  # 100 disjoint boxes
+    gt_boxes = torch.from_numpy(np.stack([boxes, boxes]))[None]
+    gt_ids = torch.from_numpy(np.stack([np.arange(100), np.where(np.arange(100) < 90, np.arange(100), -1)]))[None]
+    metric = ErrorBreakdown()
+    metric.update(gt_boxes, gt_ids, gt_boxes, gt_ids)
+    got = {k: int(v) for k, v in metric.compute().items()}
+    assert got["by_gt/100/frames"] == 1 and got["by_gt/90/frames"] == 1 and got["frames/exact"] == 2
+
+
 def test_error_breakdown_totals_equal_the_tracking_metrics():
     from scalor.metrics import ErrorBreakdown
 

@@ -136,6 +136,39 @@ def test_results_page_keeps_the_sections_of_experiments_not_given(tmp_path):
     assert "| fit | 0.300 |" in page and "EASY-OLD" in page
 
 
+def test_count_table_groups_many_counts_into_ranges():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from results import count_bins, error_lines
+
+    assert count_bins([1, 2, 3, 5]) == [(1, 1), (2, 2), (3, 3), (5, 5)]
+    assert count_bins(list(range(20, 51))) == [(lo, min(lo + 3, 50)) for lo in range(20, 51, 4)]
+    metrics = {"test/errors/misses": 1.0, **{f"test/errors/by_gt/{k}/frames": 1.0 for k in range(80, 101)},
+               "test/errors/by_gt/81/under": 1.0, "test/errors/by_gt/82/under": 1.0}
+    lines = error_lines(metrics)
+    assert "| objects in the frame | 80-82 | 83-85 | 86-88 | 89-91 | 92-94 | 95-97 | 98-100 | all |" in lines
+    assert any(line.startswith("| frames | 3 | 3 | 3 | 3 | 3 | 3 | 3 |") for line in lines)
+    assert any(line.startswith("| count too low | 2 | 0 |") for line in lines)
+
+
+def test_a_fit_breakdown_with_another_count_table_gives_way_to_its_retest(tmp_path):
+    """A fit whose count table capped counts at 64 (before the cap went) and a re-test of its checkpoint that
+    counts the same errors: the page shows the re-test's table only."""
+    outputs = tmp_path / "outputs"
+    ckpt = str(outputs / "dense" / "a" / "checkpoints" / "best.ckpt")
+    same = {"test/errors/misses": 5.0, "test/errors/frames": 2.0}
+    run = fake_run(outputs, "dense", "a", checkpoint=ckpt, metrics={**same, "test/errors/by_gt/64/frames": 2.0})
+    fake_run(outputs, "dense", "b", task="test", checkpoint=ckpt, finished="2026-01-02 00:00:00",
+             metrics={**same, "test/errors/by_gt/80/frames": 1.0, "test/errors/by_gt/90/frames": 1.0})
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    proc = subprocess.run([sys.executable, "scripts/results.py", str(run), "--docs", str(docs)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    page = (docs / "results.md").read_text()
+    assert "| objects in the frame | 80 | 90 | all |" in page and "| 64 |" not in page
+    assert "From the re-test 1. Where" in page and "From the fit" not in page
+
+
 def test_results_script_refuses_a_folder_without_summary(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/results.py", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)

@@ -51,7 +51,7 @@ class ErrorBreakdown(Metric):
     higher_is_better = None
     full_state_update = False
 
-    def __init__(self, hidden_threshold: float = 0.5, max_count: int = 64, **kwargs) -> None:
+    def __init__(self, hidden_threshold: float = 0.5, max_count: int = 1024, **kwargs) -> None:
         super().__init__(**kwargs)
         self.hidden_threshold = hidden_threshold
         self.max_count = max_count
