@@ -148,12 +148,12 @@ def tests_of(run_dir: Path, checkpoint: str | None) -> list[dict]:
 ERRORS = "test/errors/"
 
 
-def count_bins(counts: list[int], most: int = 12) -> list[tuple[int, int]]:
-    """Columns of the count table: one per ground-truth count, or, with more than ``most`` of them, ranges of
-    equal width from the smallest to the largest count (only ranges that hold frames)."""
+def count_bins(counts: list[int], most: int = 12, ranges: int = 10) -> list[tuple[int, int]]:
+    """Columns of the count table: one per ground-truth count, or, with more than ``most`` of them, at most
+    ``ranges`` ranges of equal width from the smallest to the largest count (only ranges that hold frames)."""
     if len(counts) <= most:
         return [(k, k) for k in counts]
-    width = -(-(counts[-1] - counts[0] + 1) // 10)
+    width = -(-(counts[-1] - counts[0] + 1) // ranges)
     starts = sorted({counts[0] + (k - counts[0]) // width * width for k in counts})
     return [(lo, min(lo + width - 1, counts[-1])) for lo in starts]
 
@@ -285,8 +285,8 @@ def main() -> None:
         parser.error(f"{page} lacks the {START} ... {END} markers the table goes between")
     head, rest = text.split(START, 1)
     kept = experiment_sections(rest.split(END, 1)[0])
-    body = "\n".join(new.pop(name, old) for name, old in kept.items()) if kept else ""
-    body = "\n".join(filter(None, [body, *new.values()]))
+    kept_or_new = [new.pop(name, old) for name, old in kept.items()]  # in the page's order; new experiments last
+    body = "\n".join(kept_or_new + list(new.values()))
     page.write_text(f"{head}{START}\n{body}\n{END}{rest.split(END, 1)[1]}")
     print(f"wrote {page} ({len(runs)} runs)")
 
