@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
+
+from scalor.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -20,13 +23,15 @@ class Schedule:
 
     tau: relaxed-Bernoulli temperature; z_pres_prior: discovery presence prior probability;
     detach: detach the carried object state between frames; bg_alpha_curriculum: replace the
-    discovery alpha canvases by a constant (SCALOR-SPEC §4.5).
+    discovery alpha canvases by a constant (SCALOR-SPEC §4.5); sigma: the pixel likelihood's std for
+    this step (None: the model's ``sigma``).
     """
 
     tau: float = 1.0
     z_pres_prior: float = 0.1
     detach: bool = True
     bg_alpha_curriculum: bool = False
+    sigma: Optional[float] = None
 
 
 def tau_at(step: int, start: float = 1.0, end: float = 0.5, decay_steps: float = 20000.0) -> float:
@@ -50,7 +55,9 @@ class Curriculum:
     """All schedule parameters; ``at(global_step)`` gives the :class:`Schedule` for that step.
 
     Defaults are the reference's: tau 1 -> 0.5 over 20k steps, z_pres prior 0.1 -> 1e-3 over 500
-    steps, state detached until step 30k, background-alpha curriculum off (200 steps when on).
+    steps, state detached until step 30k, background-alpha curriculum off (200 steps when on), the
+    model's constant sigma. A sigma schedule (not in the reference) holds ``sigma_start`` up to step
+    ``sigma_anneal_begin``, then goes linearly to ``sigma_end`` over ``sigma_anneal_steps``.
     """
 
     tau_start: float = 1.0
@@ -63,6 +70,17 @@ class Curriculum:
     remove_detach_step: int = 30000
     bg_alpha_curriculum: bool = False
     bg_alpha_curriculum_steps: int = 200
+    sigma_start: Optional[float] = None
+    sigma_end: Optional[float] = None
+    sigma_anneal_begin: int = 0
+    sigma_anneal_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.sigma_start is None) != (self.sigma_end is None):
+            raise ConfigError("curriculum.sigma_start and curriculum.sigma_end go together: set both (a sigma "
+                             "schedule) or neither (the model's constant sigma).")
+        if self.sigma_start is not None and not (self.sigma_start > 0 and self.sigma_end > 0):
+            raise ConfigError(f"curriculum.sigma_start={self.sigma_start} and sigma_end={self.sigma_end} must be > 0 (the pixel likelihood's std, e.g. 0.15 -> 0.1).")
 
     def at(self, global_step: int) -> Schedule:
         """Schedule for the optimiser update that follows ``global_step`` completed updates."""
@@ -74,4 +92,7 @@ class Curriculum:
             ),
             detach=(not self.remove_detach) or post < self.remove_detach_step,
             bg_alpha_curriculum=self.bg_alpha_curriculum and post < self.bg_alpha_curriculum_steps,
+            sigma=None if self.sigma_start is None else linear_anneal(
+                post - self.sigma_anneal_begin, self.sigma_start, self.sigma_end, self.sigma_anneal_steps
+            ),
         )

@@ -7,6 +7,7 @@ impossible settings with a :class:`ConfigError` naming the key and the fix, befo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -31,6 +32,7 @@ from scalor.launch import use_job_command_for_ddp_workers
 from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule
 from scalor.model import SCALOR
 from scalor.resume import resumable_train_loader
+from scalor.schedules import Curriculum
 from scalor.summary import write_summary
 
 TASKS = ("fit", "test", "track", "generate")
@@ -187,6 +189,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     if resolved.get("tracking_inference", "deterministic") not in TRACKING_INFERENCE:
         raise ConfigError(f"tracking_inference={resolved.get('tracking_inference')} is unknown; use deterministic "
                           "(posterior means, as task=track) or sampled (the ELBO's posterior sample).")
+    _check_curriculum(resolved.get("curriculum") or {})
     _check_trainer(resolved["trainer"])
     _check_monitor(resolved.get("monitor") or {})
     lr = (resolved.get("optimizer") or {}).get("lr")
@@ -214,6 +217,14 @@ def check_config(cfg: DictConfig) -> Optional[str]:
                               f"has {resolved['model'].get(key)}; set {source}={saved.get(key)} (or use the "
                               "experiment it was trained with).")
     return ckpt_path
+
+
+def _check_curriculum(curriculum: dict) -> None:
+    fields = {f.name for f in dataclasses.fields(Curriculum)}
+    unknown = sorted(set(curriculum) - fields - {"_target_"})
+    if unknown:
+        raise ConfigError(f"curriculum.{unknown[0]} is not a schedule parameter; use one of {', '.join(sorted(fields))}.")
+    Curriculum(**{k: v for k, v in curriculum.items() if k != "_target_"})  # raises ConfigError on bad values
 
 
 def _resolve(cfg: DictConfig) -> dict:

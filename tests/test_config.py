@@ -94,6 +94,16 @@ def test_curricula(compose_cfg):
     assert none.at(0).tau == 0.5 and none.at(0).z_pres_prior == pytest.approx(1e-3) and not none.at(0).detach
 
 
+def test_sigma_schedule():
+    assert Curriculum().at(0).sigma is None and Curriculum().at(10**6).sigma is None  # the model's sigma
+    cur = Curriculum(sigma_start=0.15, sigma_end=0.1, sigma_anneal_begin=400, sigma_anneal_steps=400)
+    # like the other schedules but the temperature, the value for the step after the update
+    assert cur.at(0).sigma == 0.15 and cur.at(399).sigma == 0.15
+    assert cur.at(599).sigma == pytest.approx(0.125) and cur.at(799).sigma == pytest.approx(0.1)
+    assert cur.at(10**6).sigma == pytest.approx(0.1)
+    assert Curriculum(sigma_start=0.2, sigma_end=0.1).at(0).sigma == 0.1  # no anneal steps: sigma_end from the start
+
+
 def test_curriculum_group_composes(compose_cfg):
     cfg = compose_cfg("curriculum=bg_alpha")
     assert cfg.curriculum.bg_alpha_curriculum and cfg.curriculum.tau_decay_steps == 20000
@@ -152,6 +162,9 @@ BAD = [
     (["model.backfill=1"], "model.backfill=1 must be true or false"),
     (["model.backfill_copy_iou=0"], "model.backfill_copy_iou=0 must be in (0, 1]"),
     (["tracking_inference=greedy"], "tracking_inference=greedy is unknown"),
+    (["curriculum.sigma_start=0.15"], "curriculum.sigma_start and curriculum.sigma_end go together"),
+    (["curriculum.sigma_start=0.15", "curriculum.sigma_end=0"], "sigma_end=0 must be > 0"),
+    (["+curriculum.sigma=0.1"], "curriculum.sigma is not a schedule parameter"),
     (["+callbacks.ema._target_=scalor.callbacks.EMA", "+callbacks.ema.decay=1.5"],
      "callbacks.ema.decay=1.5 must be in (0, 1)"),
 ]

@@ -386,6 +386,23 @@ def test_bg_alpha_curriculum_removes_the_background():
     torch.testing.assert_close(out.recon, out.visuals["fg"])
 
 
+def test_scheduled_sigma_is_the_likelihood_std():
+    torch.manual_seed(0)
+    m = tiny(sigma=0.1, deterministic=True).eval()
+    video = torch.rand(2, 3, 3, 64, 64)
+    with torch.no_grad():
+        const = m(video, Schedule())
+        same = m(video, Schedule(sigma=0.1))
+        wider = m(video, Schedule(sigma=0.2))
+    torch.testing.assert_close(same.log_like, const.log_like)
+    # log N(x; mu, s) = -(x - mu)^2 / (2 s^2) - log s - log(2 pi) / 2, summed over the same pixels and recon
+    n = video[0, 0].numel()
+    sq = -(const.log_like + n * (math.log(0.1) + 0.5 * math.log(2 * math.pi))) * 2 * 0.1 ** 2
+    expected = -sq / (2 * 0.2 ** 2) - n * (math.log(0.2) + 0.5 * math.log(2 * math.pi))
+    torch.testing.assert_close(wider.log_like, expected, rtol=1e-5, atol=1e-2)
+    torch.testing.assert_close(wider.recon, const.recon)
+
+
 @pytest.mark.parametrize("decoder", ["upsample", "sbd"])
 def test_background_of_all_frames_at_once_equals_frame_by_frame(decoder):
     from scalor.model.background import Background

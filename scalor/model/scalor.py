@@ -465,9 +465,10 @@ class SCALOR(nn.Module):
                 terms["kl_bg"] = list(bg.kl.unbind(1))
                 terms["log_imp"] = [li + li_bg for li, li_bg in zip(terms["log_imp"], bg.log_imp.unbind(1))]
             terms["log_like"] = []
+            sigma = self.sigma if schedule.sigma is None else schedule.sigma
             for t, (fg, alpha) in enumerate(zip(fgs, alphas)):
                 recon.append(fg if bg is None else fg + (1 - alpha) * bg.bg[:, t])
-                terms["log_like"].append(normal_log_prob(video[:, t], recon[t], self.sigma).flatten(1).sum(1))
+                terms["log_like"].append(normal_log_prob(video[:, t], recon[t], sigma).flatten(1).sum(1))
                 if visuals:
                     vis["bg"].append(torch.zeros_like(fg) if bg is None else bg.bg[:, t].detach())
         mean_t = {key: torch.stack(val, 1).mean(1) for key, val in terms.items() if key != "log_imp"}
