@@ -37,9 +37,11 @@ MIN_VIDEO_SIDE = 256  # output videos are enlarged (nearest neighbour) to at lea
 
 
 def inference_schedule(curriculum: Curriculum | None = None) -> Schedule:
-    """The schedule at the end of training: temperature and presence prior at their floors, state detached."""
+    """The schedule at the end of training: temperature, presence prior and a scheduled sigma at their final
+    values, state detached."""
     c = curriculum or Curriculum()
-    return Schedule(tau=c.tau_end, z_pres_prior=c.z_pres_prior_end, detach=True, bg_alpha_curriculum=False)
+    return Schedule(tau=c.tau_end, z_pres_prior=c.z_pres_prior_end, detach=True, bg_alpha_curriculum=False,
+                    sigma=c.sigma_end)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, experiments
 from scalor.errors import ConfigError
+from scalor.inference import inference_schedule
 from scalor.schedules import Curriculum
 from scalor.tasks import check_config, find_last_checkpoint, resolve_monitor, run
 
@@ -102,6 +103,7 @@ def test_sigma_schedule():
     assert cur.at(599).sigma == pytest.approx(0.125) and cur.at(799).sigma == pytest.approx(0.1)
     assert cur.at(10**6).sigma == pytest.approx(0.1)
     assert Curriculum(sigma_start=0.2, sigma_end=0.1).at(0).sigma == 0.1  # no anneal steps: sigma_end from the start
+    assert inference_schedule(cur).sigma == 0.1 and inference_schedule(Curriculum()).sigma is None
 
 
 def test_curriculum_group_composes(compose_cfg):
