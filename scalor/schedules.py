@@ -78,9 +78,10 @@ class Curriculum:
     def __post_init__(self) -> None:
         if (self.sigma_start is None) != (self.sigma_end is None):
             raise ConfigError("curriculum.sigma_start and curriculum.sigma_end go together: set both (a sigma "
-                             "schedule) or neither (the model's constant sigma).")
+                              "schedule) or neither (the model's constant sigma).")
         if self.sigma_start is not None and not (self.sigma_start > 0 and self.sigma_end > 0):
-            raise ConfigError(f"curriculum.sigma_start={self.sigma_start} and sigma_end={self.sigma_end} must be > 0 (the pixel likelihood's std, e.g. 0.15 -> 0.1).")
+            raise ConfigError(f"curriculum.sigma_start={self.sigma_start} and sigma_end={self.sigma_end} must be > 0 "
+                              "(the pixel likelihood's std, e.g. 0.15 -> 0.1).")
 
     def at(self, global_step: int) -> Schedule:
         """Schedule for the optimiser update that follows ``global_step`` completed updates."""

@@ -223,7 +223,8 @@ def _check_curriculum(curriculum: dict) -> None:
     fields = {f.name for f in dataclasses.fields(Curriculum)}
     unknown = sorted(set(curriculum) - fields - {"_target_"})
     if unknown:
-        raise ConfigError(f"curriculum.{unknown[0]} is not a schedule parameter; use one of {', '.join(sorted(fields))}.")
+        raise ConfigError(f"curriculum.{unknown[0]} is not a schedule parameter; use one of "
+                          f"{', '.join(sorted(fields))}.")
     Curriculum(**{k: v for k, v in curriculum.items() if k != "_target_"})  # raises ConfigError on bad values
 
 
