@@ -229,6 +229,10 @@ class SCALOR(nn.Module):
         return Carry(ObjectState.empty(batch, device, dtype, z_what_dim=self.z_what_dim), None, None, None,
                      torch.ones(batch, dtype=torch.long, device=device))
 
+    def pixel_sigma(self, schedule: Schedule) -> float:
+        """The pixel likelihood's std for this step: the schedule's when it has one, else ``model.sigma``."""
+        return self.sigma if schedule.sigma is None else schedule.sigma
+
     def track_both_ends(self, video: Tensor, schedule: Schedule = Schedule()) -> SequenceOutput:
         """Track-only tracks of video (B,T,3,H,W) whose first frame comes from the frames tracked backwards
         (offline tracking, ``reverse_init``).
@@ -465,7 +469,7 @@ class SCALOR(nn.Module):
                 terms["kl_bg"] = list(bg.kl.unbind(1))
                 terms["log_imp"] = [li + li_bg for li, li_bg in zip(terms["log_imp"], bg.log_imp.unbind(1))]
             terms["log_like"] = []
-            sigma = self.sigma if schedule.sigma is None else schedule.sigma
+            sigma = self.pixel_sigma(schedule)
             for t, (fg, alpha) in enumerate(zip(fgs, alphas)):
                 recon.append(fg if bg is None else fg + (1 - alpha) * bg.bg[:, t])
                 terms["log_like"].append(normal_log_prob(video[:, t], recon[t], sigma).flatten(1).sum(1))
