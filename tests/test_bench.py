@@ -85,3 +85,22 @@ def test_benchmarks_track_case_takes_the_newest_crowded_checkpoint(tmp_path, mon
     case = next(c for c in script.CASES if script.CROWDED_CKPT in c[1] and c[3] is not None)
     assert "experiment=dsprites_crowded" in case[1] and "bench.mode=track" in case[1]
     assert case[3]({"frames_per_s": 25.0}) and not case[3]({"frames_per_s": 24.9})
+
+
+def test_benchmark_cases_compose_the_configurations_they_name():
+    """The paper cases run the model's own defaults on the crowded data, whatever the experiment tunes; the
+    GPU cases run on CUDA with the slot budget pinned, so their option rows compare against one default."""
+    from hydra import compose, initialize_config_dir
+
+    script = _benchmarks_script()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        model = compose("bench").model  # the model defaults (conf/model/scalor.yaml)
+        paper = compose("bench", overrides=script.B1).model
+        for key in ("no_background", "checkpoint_decoder", "checkpoint_encoder", "reject_duplicates"):
+            assert paper[key] == model[key], key
+        assert (paper.glimpse_size, paper.max_num_obj) == (64, 45)
+        for name, overrides, _, _ in script.GPU_CASES:
+            overrides = [o for o in overrides if o != script.CROWDED_CKPT]
+            cfg = compose("bench", overrides=overrides)
+            assert cfg.bench.device == "cuda", name
+            assert cfg.model.fixed_slots is ("fixed_slots=true" in name), name

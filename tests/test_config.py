@@ -162,6 +162,7 @@ BAD = [
     (["model.box_source=corners"], "model.box_source=corners is unknown"),
     (["model.reverse_init=maybe"], "model.reverse_init='maybe' must be true or false"),
     (["model.backfill=1"], "model.backfill=1 must be true or false"),
+    (["model.fixed_slots=always"], "model.fixed_slots='always' must be true, false or auto"),
     (["model.backfill_copy_iou=0"], "model.backfill_copy_iou=0 must be in (0, 1]"),
     (["tracking_inference=greedy"], "tracking_inference=greedy is unknown"),
     (["curriculum.sigma_start=0.15"], "curriculum.sigma_start and curriculum.sigma_end go together"),
@@ -196,6 +197,9 @@ def test_checkpoint_that_does_not_match_the_config(compose_cfg, tmp_path):
     torch.save({"hyper_parameters": {"model": {k: v for k, v in model.items() if k not in older}}}, path)
     assert check_config(compose_cfg(f"ckpt_path={path}", "model.reverse_init=true", "model.backfill=true",
                                     "model.backfill_copy_iou=0.9")) == str(path)
+    # nor do the speed options, whose outputs are the same (a checkpoint trained without fixed slots, say)
+    torch.save({"hyper_parameters": {"model": {**model, "fixed_slots": False, "checkpoint_decoder": True}}}, path)
+    assert check_config(compose_cfg(f"ckpt_path={path}", "model.fixed_slots=auto")) == str(path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="is not a readable checkpoint"):
         check_config(compose_cfg(f"ckpt_path={path}"))

@@ -624,6 +624,14 @@ def test_fixed_slot_budget_gives_the_same_loss_and_tracks():
         outs.append((out, {n: p.grad.clone() for n, p in m.named_parameters()}))
     (dyn, g_dyn), (fix, g_fix) = outs
     assert fix.ids.shape[2] == 20 and dyn.ids.shape[2] <= 20
+    # auto (the default) is the dynamic budget on a CPU: with a presence threshold few cells pass, it keeps
+    # fewer slots than the 16 cells of the fixed budget
+    slots = {}
+    for fixed in ("auto", True):
+        torch.manual_seed(0)
+        m = tiny(deterministic=True, fixed_slots=fixed, max_num_obj=20, z_pres_disc_threshold=0.99)
+        slots[fixed] = m(video[:, :1]).ids.shape[2]
+    assert slots["auto"] < slots[True] == 16
     torch.testing.assert_close(dyn.neg_elbo, fix.neg_elbo, rtol=1e-5, atol=1e-2)
     torch.testing.assert_close(dyn.counts, fix.counts)
     n = dyn.ids.shape[2]

@@ -55,7 +55,7 @@ class SCALOR(nn.Module):
                  z_pres_disc_threshold: float = 0.7, gen_disc_pres_probs: float = 0.1, observe_frames: int = 5,
                  nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
                  kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool | str = "auto",
-                 checkpoint_encoder: bool | str = "auto", channels_last: bool = True, fixed_slots: bool = False,
+                 checkpoint_encoder: bool | str = "auto", channels_last: bool = True, fixed_slots: bool | str = "auto",
                  compile: bool = False, skip_glimpse_below: float = 0.0, train_skip_glimpse_below: float = 0.0,
                  box_source: str = "mask",
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
@@ -91,7 +91,7 @@ class SCALOR(nn.Module):
         auto = glimpse_size >= CHECKPOINT_FROM
         self.checkpoint_decoder = auto if checkpoint_decoder == "auto" else checkpoint_decoder
         self.checkpoint_encoder = auto if checkpoint_encoder == "auto" else checkpoint_encoder
-        self.fixed_slots = fixed_slots
+        self.fixed_slots = fixed_slots  # auto: on where the input is on a GPU (resolved per forward pass)
         self.compile = compile
         self._compiled: dict = {}  # torch.compile'd glimpse networks, built at first use (not submodules)
         self.skip_glimpse_below = skip_glimpse_below
@@ -132,12 +132,15 @@ class SCALOR(nn.Module):
                         reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
                         skip_glimpse_below: float = 0.0, train_skip_glimpse_below: float = 0.0,
                         checkpoint_decoder: bool | str = "auto", checkpoint_encoder: bool | str = "auto",
-                        **_ignored) -> None:
+                        fixed_slots: bool | str = "auto", **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
         for key, value in (("checkpoint_decoder", checkpoint_decoder), ("checkpoint_encoder", checkpoint_encoder)):
             if not (isinstance(value, bool) or value == "auto"):
                 raise ConfigError(f"model.{key}={value!r} must be true, false or auto (on for glimpses of "
                                   f"{CHECKPOINT_FROM} px and more).")
+        if not (isinstance(fixed_slots, bool) or fixed_slots == "auto"):
+            raise ConfigError(f"model.fixed_slots={fixed_slots!r} must be true, false or auto (on where the input is "
+                              "on a GPU).")
         for key, value in (("skip_glimpse_below", skip_glimpse_below),
                            ("train_skip_glimpse_below", train_skip_glimpse_below)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= 1):
@@ -334,7 +337,8 @@ class SCALOR(nn.Module):
             cand = {key: torch.cat([old[key], cand[key]], 1) for key in cand}
             keep = torch.cat([prop.z_pres > 0, keep_disc], 1)
         count = keep.sum(1)
-        if self.fixed_slots:  # static shapes, no host sync: always the whole budget (padding is masked)
+        fixed = disc.z_pres.is_cuda if self.fixed_slots == "auto" else self.fixed_slots
+        if fixed:  # static shapes, no host sync: always the whole budget (padding is masked)
             n_kept = n_new = min(self.max_num_obj, keep.shape[1])
         else:
             n_kept = int(count.max())
