@@ -814,3 +814,66 @@ def test_box_sources():
     assert (mask.presence <= where.presence).all()
     with pytest.raises(ConfigError, match="model.box_source"):
         tiny(box_source="corners")
+
+
+def _squares_step(m, boxes_px: dict[int, tuple[int, int]], present: set[int], side: int = 6):
+    """A hand-made discovery step on a 64 px frame: cell k draws an opaque white side x side square with its
+    top-left corner at boxes_px[k] (other cells draw nothing); cells in ``present`` have presence 1."""
+    from scalor.model.discovery import DiscoveryStep
+    from scalor.model.render import render_windows
+
+    k, s = m.discovery.num_cells, m.glimpse_size
+    z_where = torch.tensor([[side / 64, side / 64, 0.0, 0.0]]).repeat(k, 1)
+    glimpse = torch.zeros(k, 4, s, s)
+    for cell, (x, y) in boxes_px.items():
+        z_where[cell, 2:] = torch.tensor([(2 * x + side) / 64 - 1, (2 * y + side) / 64 - 1])
+        glimpse[cell] = 1.0
+    z_pres = torch.tensor([[1.0 if c in present else 0.0 for c in range(k)]])
+    win = render_windows(glimpse[None], z_where[None], m.win_hw, m.img_hw)
+    zeros = torch.zeros(1)
+    return DiscoveryStep(torch.zeros(1, k, 64), z_where[None], torch.zeros(1, k, 1), z_pres, z_pres.clone(),
+                         torch.ones(1, k, dtype=torch.bool), win, zeros, zeros, zeros, zeros, zeros,
+                         torch.full((1, k), 10.0))
+
+
+def test_add_by_likelihood_adds_what_the_frame_needs_and_no_copies():
+    """Two white squares; the present object draws the first. Of the absent proposals, the one drawing the
+    second square gains far more than its KL and is turned on; a copy of the first gains nothing; of two
+    proposals of the second square only one is added; the object cap holds."""
+    m = tiny(no_background=True, add_by_likelihood="all", reject_duplicates=True)
+    frame = torch.zeros(1, 3, 64, 64)
+    frame[:, :, 10:16, 10:16] = 1.0
+    frame[:, :, 40:46, 30:36] = 1.0
+    step = _squares_step(m, {0: (10, 10), 5: (30, 40), 10: (10, 10), 12: (30, 40)}, present={0})
+    out = m._add_by_likelihood(step, None, frame, torch.zeros(1, dtype=torch.long), Schedule(z_pres_prior=0.01))
+    on = set(torch.nonzero(out.z_pres[0] > 0.5)[:, 0].tolist())
+    assert on == {0, 5} and bool(out.accept[0, 5])
+    # one slot left: the present object keeps it
+    full = m._add_by_likelihood(step, None, frame, torch.tensor([m.max_num_obj - 1]), Schedule(z_pres_prior=0.01))
+    assert set(torch.nonzero(full.z_pres[0] > 0.5)[:, 0].tolist()) == {0}
+    # the squares' pixels at sigma 0.15 outweigh a KL of 10 nats; at a huge KL nothing is added
+    costly = _squares_step(m, {0: (10, 10), 5: (30, 40)}, present={0})
+    costly.kl_cell.fill_(1e6)
+    out = m._add_by_likelihood(costly, None, frame, torch.zeros(1, dtype=torch.long), Schedule(z_pres_prior=0.01))
+    assert set(torch.nonzero(out.z_pres[0] > 0.5)[:, 0].tolist()) == {0}
+
+
+def test_add_by_likelihood_runs_only_at_inference_and_where_asked():
+    torch.manual_seed(0)
+    video = torch.rand(1, 3, 3, 64, 64)
+    counts = {}
+    for mode in ("none", "first", "all"):
+        torch.manual_seed(0)
+        m = tiny(no_background=True, deterministic=True, add_by_likelihood=mode, max_num_obj=12)
+        assert not m._adds_by_likelihood(first=True, imagine=False)  # never in training
+        m.eval()
+        assert m._adds_by_likelihood(first=True, imagine=False) is (mode != "none")
+        assert m._adds_by_likelihood(first=False, imagine=False) is (mode == "all")
+        assert not m._adds_by_likelihood(first=True, imagine=True)
+        with torch.no_grad():
+            counts[mode] = m(video, Schedule(z_pres_prior=1e-3), track_only=True).counts
+    assert (counts["first"] >= counts["none"]).all() and (counts["all"] >= counts["none"]).all()
+    with pytest.raises(ConfigError, match="needs model.no_background=true"):
+        tiny(add_by_likelihood="first")
+    with pytest.raises(ConfigError, match="is unknown; use none, first"):
+        tiny(no_background=True, add_by_likelihood="yes")
