@@ -38,11 +38,11 @@ from scalor.summary import write_summary
 TASKS = ("fit", "test", "track", "generate")
 # Set by Lightning's DDP launcher in the process that starts the workers (restored after each job).
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-# Model keys that only change how a trained network is run, not its weights (fixed_slots to compile: speed
-# options that give the same outputs).
+# Model keys that only change how a trained network is run, not its weights (the last five: speed options that
+# give the same outputs).
 RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic", "reverse_init", "backfill",
                       "backfill_copy_iou", "fixed_slots", "checkpoint_decoder", "checkpoint_encoder", "channels_last",
-                      "compile", "add_by_likelihood")
+                      "compile")
 # Where each model key is set from (for error messages).
 MODEL_KEY_SOURCE = {"img_size": "data.img_size", "num_cell_h": "grid.num_cell_h", "num_cell_w": "grid.num_cell_w"}
 HIGHER_IS_BETTER = ("mota", "motp", "idf1", "idp", "idr", "precision", "recall", "count_acc", "log_like",
@@ -130,11 +130,6 @@ def track(cfg: DictConfig) -> dict:
             setattr(model, key, True)
     if cfg.model.get("backfill"):
         model.backfill_copy_iou = float(cfg.model.get("backfill_copy_iou", model.backfill_copy_iou))
-    if cfg.model.get("add_by_likelihood", "none") != "none":
-        if not model.no_background:
-            raise ConfigError(f"model.add_by_likelihood={cfg.model.add_by_likelihood} needs a model without "
-                              f"background, but {ckpt_path} has one; set model.add_by_likelihood=none.")
-        model.add_by_likelihood = str(cfg.model.add_by_likelihood)
     data = cfg.data
     skip = int(data.get("frame_skip", 1))
     frames = iter_frames(data.path, model.img_hw[0], skip, data.get("resize", "resize"), data.get("crop_size"))

@@ -163,8 +163,6 @@ BAD = [
     (["model.reverse_init=maybe"], "model.reverse_init='maybe' must be true or false"),
     (["model.backfill=1"], "model.backfill=1 must be true or false"),
     (["model.fixed_slots=always"], "model.fixed_slots='always' must be true, false or auto"),
-    (["model.add_by_likelihood=first"], "model.add_by_likelihood=first needs model.no_background=true"),
-    (["model.add_by_likelihood=maybe"], "model.add_by_likelihood='maybe' is unknown"),
     (["model.backfill_copy_iou=0"], "model.backfill_copy_iou=0 must be in (0, 1]"),
     (["tracking_inference=greedy"], "tracking_inference=greedy is unknown"),
     (["curriculum.sigma_start=0.15"], "curriculum.sigma_start and curriculum.sigma_end go together"),

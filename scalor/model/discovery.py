@@ -23,7 +23,7 @@ class DiscoveryStep:
 
     z_what (B,K,64); z_where decoded (B,K,4); z_depth (B,K,1); z_pres (B,K) after rejection and cap;
     z_pres_relaxed (B,K) before them; accept (B,K) bool; windows: rendered [alpha*o, alpha]
-    (B,K,4,wh,ww); kl_* and log_imp (B,); kl_cell (B,K): each cell's what, where and depth KL, unweighted.
+    (B,K,4,wh,ww); kl_* and log_imp (B,).
     """
 
     z_what: Tensor
@@ -38,7 +38,6 @@ class DiscoveryStep:
     kl_depth: Tensor
     kl_pres: Tensor
     log_imp: Tensor
-    kl_cell: Tensor
 
 
 def _head(img_size: int, out: int, hid: int) -> nn.Sequential:
@@ -248,18 +247,25 @@ class Discovery(nn.Module):
             accept = accept & ~self._duplicates(win, mask, area, full, z_pres_relaxed.detach() * accept)
         z_pres = z_pres_relaxed * accept
 
-        z_pres = self.cap(z_pres, lengths)
+        # Cap: only the max_num_obj - lengths most present cells survive. The reference keeps values
+        # strictly above the next-largest one, which drops every cell when presences tie (e.g. several
+        # saturated at exactly 1.0); ranking with a stable sort keeps ties in raster order instead.
+        budget = (self.max_num_obj - lengths).clamp(min=0)
+        order = torch.sort(z_pres.detach(), dim=-1, descending=True, stable=True).indices
+        in_budget = torch.arange(k, device=order.device) < budget[:, None]
+        z_pres = z_pres * torch.zeros_like(in_budget).scatter(1, order, in_budget)
 
         p = z_pres_prior * accept + 1e-8 * (~accept) if checked else torch.full_like(logit, z_pres_prior)
         if imagine:
             kls = (zeros, zeros, zeros, zeros)
-            kl_cell = alpha_prop.new_zeros(b, k)
         else:
             w = z_pres_relaxed if self.kl_weight_pre_rejection else z_pres
-            per_cell = [kl_normal(m, sd, 0.0, 1.0).sum(-1) for m, sd in ((e_mean, e_std), (w_mean, w_std),
-                                                                        (d_mean, d_std))]
-            kls = (*((w * kl).sum(-1) for kl in per_cell), kl_bernoulli(logit, p).sum(-1))
-            kl_cell = sum(per_cell)
+            kls = (
+                (w * kl_normal(e_mean, e_std, 0.0, 1.0).sum(-1)).sum(-1),
+                (w * kl_normal(w_mean, w_std, 0.0, 1.0).sum(-1)).sum(-1),
+                (w * kl_normal(d_mean, d_std, 0.0, 1.0).sum(-1)).sum(-1),
+                kl_bernoulli(logit, p).sum(-1),
+            )
         li = zeros
         if log_imp and not imagine:
             zb = (z_pres_relaxed > 0.5).float()
@@ -267,22 +273,4 @@ class Discovery(nn.Module):
             zp = (z_pres > 0.5).float()
             li = (zb * (lr(z_what, e_mean, e_std) + lr(z_depth, d_mean, d_std) + lr(raw_where, w_mean, w_std))
                   + bernoulli_log_prob(zp, p) - bernoulli_log_prob(zp, torch.sigmoid(logit))).sum(-1)
-        return DiscoveryStep(z_what, z_where, z_depth, z_pres, z_pres_relaxed, accept, win, *kls, li, kl_cell)
-
-    def cap(self, z_pres: Tensor, lengths: Tensor) -> Tensor:
-        """Only the max_num_obj - lengths most present cells of z_pres (B,K) survive. The reference keeps values
-        strictly above the next-largest one, which drops every cell when presences tie (e.g. several saturated
-        at exactly 1.0); ranking with a stable sort keeps ties in raster order instead."""
-        budget = (self.max_num_obj - lengths).clamp(min=0)
-        order = torch.sort(z_pres.detach(), dim=-1, descending=True, stable=True).indices
-        in_budget = torch.arange(z_pres.shape[1], device=order.device) < budget[:, None]
-        return z_pres * torch.zeros_like(in_budget).scatter(1, order, in_budget)
-
-    def duplicates(self, win: Windows, strength: Tensor) -> Tensor:
-        """(B,K) bool: proposals (windows ``win``) that a stronger one (strength (B,K), 0: none) explains, by the
-        duplicate test of discovery (:meth:`_duplicates`)."""
-        mask = (win.data[:, :, 3] > 0.3) & win.valid
-        area = mask.flatten(2).sum(-1) + 1e-15
-        pairwise = self.duplicate_min_iou > 0 or self.duplicate_copy_iou > 0
-        full = window_masks(win, mask, self.img_hw).to(area.dtype) if pairwise else None
-        return self._duplicates(win, mask, area, full, strength)
+        return DiscoveryStep(z_what, z_where, z_depth, z_pres, z_pres_relaxed, accept, win, *kls, li)

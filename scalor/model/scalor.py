@@ -61,8 +61,7 @@ class SCALOR(nn.Module):
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                  duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
-                 reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
-                 add_by_likelihood: str = "none"):
+                 reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -75,8 +74,7 @@ class SCALOR(nn.Module):
                              z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold,
                              duplicate_copy_iou=duplicate_copy_iou, reverse_init=reverse_init,
                              skip_glimpse_below=skip_glimpse_below, train_skip_glimpse_below=train_skip_glimpse_below,
-                             checkpoint_decoder=checkpoint_decoder, checkpoint_encoder=checkpoint_encoder,
-                             fixed_slots=fixed_slots, add_by_likelihood=add_by_likelihood, no_background=no_background)
+                             checkpoint_decoder=checkpoint_decoder, checkpoint_encoder=checkpoint_encoder)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -102,7 +100,6 @@ class SCALOR(nn.Module):
         self.reverse_init = reverse_init
         self.backfill = backfill
         self.backfill_copy_iou = backfill_copy_iou
-        self.add_by_likelihood = add_by_likelihood
         boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
         self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
 
@@ -135,8 +132,7 @@ class SCALOR(nn.Module):
                         reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
                         skip_glimpse_below: float = 0.0, train_skip_glimpse_below: float = 0.0,
                         checkpoint_decoder: bool | str = "auto", checkpoint_encoder: bool | str = "auto",
-                        fixed_slots: bool | str = "auto", add_by_likelihood: str = "none", no_background: bool = False,
-                        **_ignored) -> None:
+                        fixed_slots: bool | str = "auto", **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
         for key, value in (("checkpoint_decoder", checkpoint_decoder), ("checkpoint_encoder", checkpoint_encoder)):
             if not (isinstance(value, bool) or value == "auto"):
@@ -145,13 +141,6 @@ class SCALOR(nn.Module):
         if not (isinstance(fixed_slots, bool) or fixed_slots == "auto"):
             raise ConfigError(f"model.fixed_slots={fixed_slots!r} must be true, false or auto (on where the input is "
                               "on a GPU).")
-        if add_by_likelihood not in ("none", "first", "all"):
-            raise ConfigError(f"model.add_by_likelihood={add_by_likelihood!r} is unknown; use none, first (frames with "
-                              "no tracked objects) or all.")
-        if add_by_likelihood != "none" and not no_background:
-            raise ConfigError(f"model.add_by_likelihood={add_by_likelihood} needs model.no_background=true (the "
-                              "test composites the foreground over black); set it to none for a model with a "
-                              "background.")
         for key, value in (("skip_glimpse_below", skip_glimpse_below),
                            ("train_skip_glimpse_below", train_skip_glimpse_below)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= 1):
@@ -292,42 +281,6 @@ class SCALOR(nn.Module):
         values = torch.cat([z * ra, imp_w * ra, imp_w * ra * z * win.data[:, :, :3]], 2)
         canvas = scatter_windows(win, values, self.img_hw)
         return _Composite(canvas[:, :1], canvas[:, 1:2], canvas[:, 2:])
-
-    def _adds_by_likelihood(self, first: bool, imagine: bool) -> bool:
-        """Whether ``add_by_likelihood`` applies at this frame (inference on observed frames only)."""
-        mode = self.add_by_likelihood
-        return not (self.training or imagine or mode == "none" or (mode == "first" and not first))
-
-    @torch.no_grad()
-    def _add_by_likelihood(self, disc: DiscoveryStep, prop: _Composite | None, frame: Tensor, lengths: Tensor,
-                           schedule: Schedule) -> DiscoveryStep:
-        """Inference: turn on each absent proposal whose drawing gains the frame more log-likelihood than the
-        object costs (its what, where and depth KL and the presence prior's odds), the ELBO's own test.
-
-        Each proposal is judged alone against the frame's composite of present objects (over black: models
-        without background), within its window; of proposals that explain the same pixels, the one with the
-        larger net gain stays (discovery's duplicate test), and the object cap holds. frame (B,3,H,W).
-        """
-        win, sigma, p = disc.windows, self.pixel_sigma(schedule), schedule.z_pres_prior
-        total = self._canvases(win, disc.z_pres, disc.z_depth)
-        if prop is not None:
-            total = _Composite(total.alpha + prop.alpha, total.imp + prop.imp, total.colour + prop.colour)
-        imp = gather_windows(win, total.imp, self.img_hw)  # (B, K, 1, wh, ww)
-        colour = gather_windows(win, total.colour, self.img_hw)  # (B, K, 3, wh, ww)
-        x = gather_windows(win, frame, self.img_hw)
-        imp_k = torch.sigmoid(-disc.z_depth)[..., None, None] * win.data[:, :, 3:4]
-        before = colour / (imp + EPS)
-        after = (colour + imp_k * win.data[:, :, :3]) / (imp + imp_k + EPS)
-        sq = ((x - before) ** 2 - (x - after) ** 2).sum(2) * win.valid
-        gain = sq.flatten(2).sum(-1) / (2 * sigma ** 2)
-        net = gain - disc.kl_cell - math.log((1 - p) / p)
-        present = disc.z_pres > 0.5
-        add = ~present & (net > 0)
-        # present proposals outrank every added one; among added ones the larger net gain wins
-        strength = torch.where(present, net.abs().max() + 1 + disc.z_pres, torch.where(add, net, 0.0))
-        add = add & ~self.discovery.duplicates(win, strength)
-        z_pres = self.discovery.cap(torch.where(add, torch.ones_like(disc.z_pres), disc.z_pres), lengths)
-        return replace(disc, z_pres=z_pres, accept=disc.accept | add)
 
     def _new_ids(self, disc_pres: Tensor, next_id: Tensor) -> Tensor:
         """(B, K) IDs for cells that start a track (next unused IDs in raster order), 0 elsewhere."""
@@ -471,8 +424,6 @@ class SCALOR(nn.Module):
                                   skip_below=self.train_skip_glimpse_below if self.training else self.skip_glimpse_below,
                                   prop_masks=presence_masks(prop.windows, prop.z_pres, self.img_hw)
                                   if prop is not None and self.discovery.reject_min_iou > 0 else None)
-            if self._adds_by_likelihood(prop is None, imagine):
-                disc = self._add_by_likelihood(disc, prop_c if prop is not None else None, frame, lengths, schedule)
             for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
                 terms[key].append(getattr(disc, key) + (getattr(prop, key) if prop is not None else 0))
             terms["log_imp"].append(disc.log_imp + (prop.log_imp if prop is not None else 0))
