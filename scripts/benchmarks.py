@@ -134,7 +134,9 @@ def table(results: list[dict], cases: list = CASES) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", action="store_true", help="only re-render the table from docs/benchmarks.json")
+    parser.add_argument("--table", action="store_true",
+                        help="only re-render the table from the suite's JSON (docs/benchmarks.json or, with --gpu, "
+                             "docs/benchmarks_gpu.json)")
     parser.add_argument("--only", default=None, help="re-run only the cases whose name contains this text")
     parser.add_argument("--gpu", action="store_true",
                         help="the GPU suite (bench.device=cuda): docs/benchmarks_gpu.json and the GPU table")
