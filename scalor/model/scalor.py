@@ -74,7 +74,8 @@ class SCALOR(nn.Module):
                              z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold,
                              duplicate_copy_iou=duplicate_copy_iou, reverse_init=reverse_init,
                              skip_glimpse_below=skip_glimpse_below, train_skip_glimpse_below=train_skip_glimpse_below,
-                             checkpoint_decoder=checkpoint_decoder, checkpoint_encoder=checkpoint_encoder)
+                             checkpoint_decoder=checkpoint_decoder, checkpoint_encoder=checkpoint_encoder,
+                             fixed_slots=fixed_slots)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -91,7 +92,7 @@ class SCALOR(nn.Module):
         auto = glimpse_size >= CHECKPOINT_FROM
         self.checkpoint_decoder = auto if checkpoint_decoder == "auto" else checkpoint_decoder
         self.checkpoint_encoder = auto if checkpoint_encoder == "auto" else checkpoint_encoder
-        self.fixed_slots = fixed_slots  # auto: on where the input is on a GPU (resolved per forward pass)
+        self.fixed_slots = fixed_slots  # auto: on where the input is on a GPU (resolved once per forward pass)
         self.compile = compile
         self._compiled: dict = {}  # torch.compile'd glimpse networks, built at first use (not submodules)
         self.skip_glimpse_below = skip_glimpse_below
@@ -315,12 +316,12 @@ class SCALOR(nn.Module):
         return seg
 
     def _compact(self, state: ObjectState, prop: PropagationStep | None, disc: DiscoveryStep, next_id: Tensor,
-                 detach: bool) -> tuple[ObjectState, Tensor, Tensor, int, Tensor]:
+                 detach: bool, fixed: bool = False) -> tuple[ObjectState, Tensor, Tensor, int, Tensor]:
         """Keep surviving tracked objects (previous order) then new ones (raster order), by one gather.
 
         Returns the next state, the kept count (B,), the updated next_id (B,), the slot count to
-        propagate (the largest kept count; the whole budget with ``fixed_slots``) and the gather order
-        (B, N_new) into [prop slots, disc cells]. One host sync unless ``fixed_slots``: the new slot
+        propagate (the largest kept count; the whole budget with ``fixed``, the resolved ``fixed_slots``) and the
+        gather order (B, N_new) into [prop slots, disc cells]. One host sync unless ``fixed``: the new slot
         count (SCALOR-SPEC §4.7 step 3).
         """
         b, k = disc.z_pres.shape
@@ -337,7 +338,6 @@ class SCALOR(nn.Module):
             cand = {key: torch.cat([old[key], cand[key]], 1) for key in cand}
             keep = torch.cat([prop.z_pres > 0, keep_disc], 1)
         count = keep.sum(1)
-        fixed = disc.z_pres.is_cuda if self.fixed_slots == "auto" else self.fixed_slots
         if fixed:  # static shapes, no host sync: always the whole budget (padding is masked)
             n_kept = n_new = min(self.max_num_obj, keep.shape[1])
         else:
@@ -398,6 +398,7 @@ class SCALOR(nn.Module):
         feats, lstm = (self.image_encoder(video[:, :n_obs], carry.lstm) if n_obs > 0 else (None, carry.lstm))
         state, z_bg, h_bg, next_id = carry.objects, carry.z_bg, carry.h_bg, carry.next_id
         n_alive = int(state.mask.sum(1).max()) if state.mask.numel() else 0
+        fixed_slots = video.is_cuda if self.fixed_slots == "auto" else self.fixed_slots
         terms = {key: [] for key in ("log_like", "kl_what", "kl_where", "kl_depth", "kl_pres", "kl_bg", "log_imp")}
         recon, counts, boxes, ids, presence, fgs, alphas = [], [], [], [], [], [], []
         vis = {key: [] for key in ("bg", "fg", "alpha", "seg", "disc_boxes", "disc_pres", "prop_boxes",
@@ -447,7 +448,8 @@ class SCALOR(nn.Module):
                                          else video.new_zeros(b, 1, 4))
                 vis["prop_pres"].append(prop.z_pres.detach() if prop is not None else video.new_zeros(b, 1))
 
-            state, count, next_id, n_alive, order = self._compact(state, prop, disc, next_id, schedule.detach)
+            state, count, next_id, n_alive, order = self._compact(state, prop, disc, next_id, schedule.detach,
+                                                                  fixed_slots)
             counts.append(count)
             ids.append(torch.where(state.mask, state.ids, -1))
             pres = (state.z_pres[..., 0] * state.mask).detach()
