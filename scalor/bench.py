@@ -100,6 +100,10 @@ def run_bench(cfg: DictConfig) -> dict:
         raise ScalorError(f"bench.mode={b.mode} is unknown: use train or track.")
     if b.threads:
         torch.set_num_threads(int(b.threads))
+    if b.device not in ("auto", "cpu", "cuda"):
+        raise ScalorError(f"bench.device={b.device} is unknown: use auto, cpu or cuda.")
+    if b.device == "cuda" and not torch.cuda.is_available():
+        raise ScalorError("bench.device=cuda but no CUDA GPU is visible: use bench.device=auto or bench.device=cpu.")
     device = torch.device("cuda" if b.device == "auto" and torch.cuda.is_available() else
                           "cpu" if b.device == "auto" else b.device)
     # the model's own config check, as run.py does at startup (instantiate would wrap its error in Hydra's)

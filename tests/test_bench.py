@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["experiment=dsprites_easy", "data.img_size=64", "grid=4x4", "data.batch_size=1", "data.seq_len=3",
@@ -60,6 +61,15 @@ def test_bench_bad_mode_is_one_line_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: model.glimpse_size=24 is not supported: use one of (16, 32, 64)."]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a CUDA GPU")
+def test_bench_cuda_without_gpu_is_one_line_exit_2():
+    proc = subprocess.run([sys.executable, "-m", "scalor.bench", *TINY, "bench.device=cuda"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: bench.device=cuda but no CUDA GPU is visible: use bench.device=auto or bench.device=cpu."]
 
 
 def _benchmarks_script():
