@@ -53,6 +53,8 @@ CASES = [
     ("same, B1, compile=true", B1 + ["model.compile=true", "bench.warmup=2"], "(option on)", None),
     ("64px 4x4, 10 obj, glimpse 64, T10, B4, train", SMALL + ["data.batch_size=4", "bench.steps=3"],
      "median <= 1.5 s, RSS <= 1 GB", lambda r: r["median_step_s"] <= 1.5 and r["peak_rss_mb"] <= 1024),
+    ("64px 4x4, 10 obj, glimpse 64, T10, B4, trainer.precision=bf16-mixed",
+     SMALL + ["data.batch_size=4", "bench.steps=3", "trainer.precision=bf16-mixed"], "(option on)", None),
     ("64px 4x4, 10 obj, glimpse 32, T10, B4, train",
      SMALL[:-1] + ["model.glimpse_size=32", "data.batch_size=4", "bench.steps=3"],
      "median <= 1.5 s, RSS <= 1 GB", lambda r: r["median_step_s"] <= 1.5 and r["peak_rss_mb"] <= 1024),
