@@ -303,28 +303,6 @@ def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals
     assert (counts[1] < counts[0]).all() and (counts[1] >= 1).all()
 
 
-def test_duplicate_keep_prob_lets_duplicates_through_in_training_only():
-    coder = BoxCoder(size_anc=0.2, var_s=0.05, ratio_anc=1.0, var_anc=0.5)
-    s = 16
-    enc, dec = GlimpseEncoder(s), GlimpseDecoder(s, 64)
-    torch.nn.init.constant_(dec.alpha[0].bias, 5.0)  # opaque glimpses: neighbouring proposals overlap
-    feats, frame = torch.randn(2, 64, 4, 4), torch.rand(2, 3, 64, 64)
-
-    def accept(keep_prob, dedup=True, training=True):
-        torch.manual_seed(0)  # the same weights and proposals every time: the keep draw comes after them
-        disc = Discovery(64, 4, 4, coder, s, window_size(*coder.max_scale, s, (64, 64)), max_num_obj=100,
-                         reject_duplicates=dedup, duplicate_keep_prob=keep_prob).train(training)
-        return disc(feats, frame, torch.zeros(2, 1, 64, 64), torch.zeros(2, dtype=torch.long), 0.1, 1.0, False,
-                    lambda f, z, a=None: enc(extract(f, z, (s, s)).flatten(0, 1)), dec.glimpse, False).accept
-
-    none, always = accept(0.0, dedup=False), accept(0.0)
-    assert none.all() and (~always).sum() >= 4  # the duplicate test rejects several overlapping proposals
-    assert torch.equal(accept(1.0), none)  # every duplicate let through
-    assert torch.equal(accept(1.0, training=False), always)  # validation and tracking: always rejected
-    half = accept(0.5)
-    assert (half >= always).all() and always.sum() < half.sum() < none.sum()
-
-
 @pytest.mark.parametrize("mode", ["train", "eval", "generate", "generate_t0"])
 def test_cap_holds_in_every_mode(mode):
     torch.manual_seed(0)
@@ -503,7 +481,6 @@ def test_importance_weighted_nll_is_finite():
     (dict(track_duplicate_iou=1.1), "track_duplicate_iou"),
     (dict(duplicate_ratio_threshold=0.0), "duplicate_ratio_threshold"),
     (dict(duplicate_copy_iou=1.5), "duplicate_copy_iou"),
-    (dict(duplicate_keep_prob=-0.1), "duplicate_keep_prob"),
     (dict(skip_glimpse_below=-0.1), "skip_glimpse_below"),
     (dict(train_skip_glimpse_below=1.5), "train_skip_glimpse_below"),
     (dict(checkpoint_decoder="yes"), "checkpoint_decoder"),

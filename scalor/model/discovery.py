@@ -95,7 +95,7 @@ class Discovery(nn.Module):
                  gen_disc_pres_probs: float = 0.1, kl_weight_pre_rejection: bool = True, z_what_dim: int = 64,
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  reject_min_iou: float = 0.0, duplicate_ratio_threshold: float | None = None,
-                 duplicate_copy_iou: float = 0.0, duplicate_keep_prob: float = 0.0):
+                 duplicate_copy_iou: float = 0.0):
         super().__init__()
         self.proposal = ProposalNet(img_size, num_cell_h, num_cell_w)
         self.img_hw = (img_size, img_size)
@@ -112,7 +112,6 @@ class Discovery(nn.Module):
         self.reject_duplicates = reject_duplicates
         self.duplicate_min_iou = duplicate_min_iou
         self.duplicate_copy_iou = duplicate_copy_iou
-        self.duplicate_keep_prob = duplicate_keep_prob
         self.duplicate_ratio_threshold = (explained_ratio_threshold if duplicate_ratio_threshold is None
                                           else duplicate_ratio_threshold)
         self.reject_min_iou = reject_min_iou
@@ -245,12 +244,7 @@ class Discovery(nn.Module):
             covered = mask & (gather_windows(win, alpha_prop, self.img_hw)[:, :, 0] > 0.1)
             accept = covered.flatten(2).sum(-1) < self.explained_ratio_threshold * area
         if dedup:
-            dup = self._duplicates(win, mask, area, full, z_pres_relaxed.detach() * accept)
-            if self.training and self.duplicate_keep_prob > 0 and not deterministic:
-                # training only: a duplicate is let through with this probability, so a proposal beside a stronger
-                # one is drawn now and then and learns from the likelihood whether it draws a sprite of its own
-                dup = dup & (torch.rand_like(z_pres_relaxed) >= self.duplicate_keep_prob)
-            accept = accept & ~dup
+            accept = accept & ~self._duplicates(win, mask, area, full, z_pres_relaxed.detach() * accept)
         z_pres = z_pres_relaxed * accept
 
         # Cap: only the max_num_obj - lengths most present cells survive. The reference keeps values

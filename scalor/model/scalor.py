@@ -61,7 +61,6 @@ class SCALOR(nn.Module):
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                  duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
-                 duplicate_keep_prob: float = 0.0,
                  reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
@@ -73,8 +72,7 @@ class SCALOR(nn.Module):
                              center_range=center_range, duplicate_min_iou=duplicate_min_iou,
                              reject_min_iou=reject_min_iou, track_duplicate_iou=track_duplicate_iou,
                              z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold,
-                             duplicate_copy_iou=duplicate_copy_iou, duplicate_keep_prob=duplicate_keep_prob,
-                             reverse_init=reverse_init,
+                             duplicate_copy_iou=duplicate_copy_iou, reverse_init=reverse_init,
                              skip_glimpse_below=skip_glimpse_below, train_skip_glimpse_below=train_skip_glimpse_below,
                              checkpoint_decoder=checkpoint_decoder, checkpoint_encoder=checkpoint_encoder,
                              fixed_slots=fixed_slots)
@@ -116,7 +114,7 @@ class SCALOR(nn.Module):
                                    z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates,
                                    duplicate_min_iou=duplicate_min_iou, reject_min_iou=reject_min_iou,
                                    duplicate_ratio_threshold=duplicate_ratio_threshold,
-                                   duplicate_copy_iou=duplicate_copy_iou, duplicate_keep_prob=duplicate_keep_prob)
+                                   duplicate_copy_iou=duplicate_copy_iou)
         self.background = None if no_background else Background(img_size, bg_decoder)
         if channels_last:  # NHWC convolution weights: oneDNN/cuDNN pick their faster NHWC kernels (exact)
             for net in (self.glimpse_encoder, self.glimpse_decoder):
@@ -132,7 +130,7 @@ class SCALOR(nn.Module):
                         box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
                         reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                         duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
-                        duplicate_keep_prob: float = 0.0, reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
+                        reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
                         skip_glimpse_below: float = 0.0, train_skip_glimpse_below: float = 0.0,
                         checkpoint_decoder: bool | str = "auto", checkpoint_encoder: bool | str = "auto",
                         fixed_slots: bool | str = "auto", **_ignored) -> None:
@@ -161,8 +159,7 @@ class SCALOR(nn.Module):
         if not (0 < center_range <= 1):
             raise ConfigError(f"model.center_range={center_range} must be in (0, 1] (cells; 1 is the reference's).")
         for key, value in (("duplicate_min_iou", duplicate_min_iou), ("reject_min_iou", reject_min_iou),
-                           ("track_duplicate_iou", track_duplicate_iou), ("duplicate_copy_iou", duplicate_copy_iou),
-                           ("duplicate_keep_prob", duplicate_keep_prob)):
+                           ("track_duplicate_iou", track_duplicate_iou), ("duplicate_copy_iou", duplicate_copy_iou)):
             if not (0 <= value <= 1):
                 raise ConfigError(f"model.{key}={value} must be in [0, 1] (0: off).")
         if not (_pow2(img_size) and img_size >= 32):
