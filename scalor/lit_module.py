@@ -46,7 +46,8 @@ class SCALORLitModule(L.LightningModule):
     and KL terms, object counts and ``schedule/*``; per epoch: ``val/*`` and ``test/*`` terms and, where the
     batch has ground truth, the tracking (MOTMetrics) and counting (CountingMetrics) metrics, and at test
     ``test/errors/*``: where the misses, false positives and count errors come from (ErrorBreakdown; batches
-    with ``hidden`` also separate the misses of objects hidden behind others).
+    with ``hidden`` also separate the misses of objects hidden behind others; frames with two objects that touch
+    are counted apart).
     """
 
     def __init__(self, model: Mapping, curriculum: Optional[Mapping] = None,
@@ -132,7 +133,8 @@ class SCALORLitModule(L.LightningModule):
             self.mot[stage].update(tracks.boxes, pred_ids, batch["boxes"], batch["ids"])
             self.counting[stage].update((pred_ids >= 0).sum(-1), (batch["ids"] >= 0).sum(-1))
             if stage == "test":
-                self.errors.update(tracks.boxes, pred_ids, batch["boxes"], batch["ids"], batch.get("hidden"))
+                self.errors.update(tracks.boxes, pred_ids, batch["boxes"], batch["ids"], batch.get("hidden"),
+                                   frame_size=tuple(batch["video"].shape[-2:]))
             self._has_gt[stage] = True
         return out
 

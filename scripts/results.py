@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scalor.metrics.errors import TOUCH_GAP  # noqa: E402
 from scalor.summary import SUMMARY_FILE, read_summary  # noqa: E402
 
 COLUMNS = [("MOTA", "test/mota"), ("MOTP", "test/motp"), ("IDF1", "test/idf1"), ("ID sw.", "test/id_switches"),
@@ -165,6 +166,7 @@ def error_lines(metrics: dict) -> list[str]:
     if "misses" not in e:
         return []
     n = lambda key: str(round(float(e.get(key, 0))))  # noqa: E731
+    touching = "touching/frames" in e
     counts = count_bins(sorted(int(k.split("/")[1]) for k in e if k.startswith("by_gt/") and k.endswith("/frames")))
     per_bin = lambda what: " | ".join(  # noqa: E731
         str(sum(round(float(e.get(f"by_gt/{k}/{what}", 0))) for k in range(lo, hi + 1))) for lo, hi in counts)
@@ -182,12 +184,18 @@ def error_lines(metrics: dict) -> list[str]:
         + " | all |", "|" + "---|" * (len(counts) + 2),
         f"| frames | {per_bin('frames')} | {n('frames')} |",
         f"| count too low | {per_bin('under')} | {n('frames/under')} |",
-        f"| count too high | {per_bin('over')} | {n('frames/over')} |", "",
+        f"| count too high | {per_bin('over')} | {n('frames/over')} |",
+        *([f"| two objects touching | {per_bin('touching')} | {n('touching/frames')} |",
+           f"| of them too low | {per_bin('touching_under')} | {n('touching/under')} |"] if touching else []), "",
         f"Of the {n('frames/under')} frames counted too low, {n('frames/under_hidden')} hold an object at least half "
         f"hidden, {n('frames/under_first')} more are first frames, "
         + (f"{n('frames/under_carried')} more follow a first frame counted too low with every frame in between too "
            f"low as well, and {n('frames/under_other')} are none of these." if "frames/under_carried" in e else
-           f"and {n('frames/under_other')} are neither."), ""]
+           f"and {n('frames/under_other')} are neither.")
+        + (f" Two objects touch (their boxes overlap or lie less than {TOUCH_GAP:g} px apart) in "
+           f"{n('touching/under')} of the frames counted too low: {n('touching/under_hidden')} of those with a "
+           f"hidden object, {n('touching/under_first')} of the first frames, {n('touching/under_carried')} of those "
+           f"that follow one and {n('touching/under_other')} of the others." if touching else ""), ""]
 
 
 def duration(seconds: float) -> str:

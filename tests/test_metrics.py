@@ -460,6 +460,34 @@ def test_error_breakdown_separates_first_frame_under_counts_carried_on():
     assert got["frames/under_carried"] == 1 and got["frames/under_other"] == 1
 
 
+def test_error_breakdown_counts_frames_with_touching_objects():
+    from scalor.metrics import ErrorBreakdown
+
+    # 64 px frames, two objects: frame 0 overlapping, frame 1 1.5 px apart (touching), frame 2 2.5 px apart,
+    # frame 3 apart but diagonally 1.5 px along x and y (about 2.1 px: not touching); one prediction in frames 0-2
+    px = lambda rows: _boxes([[v / 64 for v in r] for r in rows], 2)  # noqa: E731
+    gt = np.stack([px([[0, 0, 10, 10], [8, 0, 18, 10]]), px([[0, 0, 10, 10], [11.5, 0, 21.5, 10]]),
+                   px([[0, 0, 10, 10], [12.5, 0, 22.5, 10]]), px([[0, 0, 10, 10], [11.5, 11.5, 21.5, 21.5]])])
+    gt_boxes, gt_ids = torch.from_numpy(gt)[None], torch.tensor([[[0, 1]] * 4])
+    pred_ids = torch.tensor([[[3, -1], [3, -1], [3, -1], [3, 4]]])
+    metric = ErrorBreakdown()
+    metric.update(gt_boxes, pred_ids, gt_boxes, gt_ids, frame_size=(64, 64))
+    got = {k: int(v) for k, v in metric.compute().items()}
+    assert got["touching/frames"] == 2 and got["touching/under"] == 2 and got["touching/over"] == 0
+    assert got["touching/under_first"] == 1 and got["touching/under_carried"] == 1
+    assert got["frames/under_carried"] == 2 and got["touching/under_hidden"] == got["touching/under_other"] == 0
+    assert got["by_gt/2/touching"] == 2 and got["by_gt/2/touching_under"] == 2
+    # the gap is in pixels: on 16 px frames all four pairs lie less than 2 px apart
+    metric.reset()
+    metric.update(gt_boxes, pred_ids, gt_boxes, gt_ids, frame_size=(16, 16))
+    assert int(metric.compute()["touching/frames"]) == 4
+    # without a frame size nothing is said about touching objects
+    metric.reset()
+    metric.update(gt_boxes, pred_ids, gt_boxes, gt_ids)
+    got = metric.compute()
+    assert not any(k.startswith("touching/") or k.endswith("/touching") for k in got) and int(got["frames"]) == 4
+
+
 def test_error_breakdown_keeps_large_counts_apart():
     """Dense scenes (80-100 objects): each frame's ground-truth count is its own row, not one capped bucket."""
     from scalor.metrics import ErrorBreakdown

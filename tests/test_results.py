@@ -150,6 +150,24 @@ def test_count_table_groups_many_counts_into_ranges():
     assert any(line.startswith("| count too low | 2 | 0 |") for line in lines)
 
 
+def test_breakdown_shows_touching_objects_only_where_the_test_counted_them():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from results import error_lines
+
+    base = {"test/errors/misses": 3.0, "test/errors/frames/under": 4.0, "test/errors/frames/under_first": 1.0,
+            "test/errors/frames/under_carried": 2.0, "test/errors/by_gt/2/frames": 10.0,
+            "test/errors/by_gt/3/frames": 10.0, "test/errors/by_gt/3/under": 4.0}
+    assert not any("touch" in line for line in error_lines(base))
+    touching = {**base, "test/errors/touching/frames": 6.0, "test/errors/touching/under": 3.0,
+                "test/errors/touching/under_first": 1.0, "test/errors/touching/under_carried": 2.0,
+                "test/errors/by_gt/2/touching": 2.0, "test/errors/by_gt/3/touching": 4.0,
+                "test/errors/by_gt/3/touching_under": 3.0}
+    lines = error_lines(touching)
+    assert "| two objects touching | 2 | 4 | 6 |" in lines and "| of them too low | 0 | 3 | 3 |" in lines
+    assert any("less than 2 px apart) in 3 of the frames counted too low: 0 of those with a hidden object, 1 of the "
+               "first frames, 2 of those that follow one and 0 of the others." in line for line in lines)
+
+
 def test_a_fit_breakdown_with_another_count_table_gives_way_to_its_retest(tmp_path):
     """A fit whose count table capped counts at 64 (before the cap went) and a re-test of its checkpoint that
     counts the same errors: the page shows the re-test's table only."""
