@@ -32,7 +32,8 @@ MISS_KINDS = ("hidden", "in_matched", "in_unmatched", "free")
 FP_KINDS = ("merge", "one", "empty")
 UNDER_CAUSES = ("under_hidden", "under_first", "under_carried", "under_other")
 TOUCH_GAP = 2.0  # pixels: two boxes closer than this touch
-COUNTS = ("frames", "under", "over", "touching", "touching_under", "touching_over")  # per ground-truth count
+COUNTS = ("frames", "under", "over")  # per ground-truth count: frames, those counted too low, too high ...
+TOUCHING_COUNTS = ("touching", "touching_under", "touching_over")  # ... and the same of the touching frames
 
 
 def _centres_inside(centres: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -66,7 +67,8 @@ class ErrorBreakdown(Metric):
     higher_is_better = None
     full_state_update = False
 
-    def __init__(self, hidden_threshold: float = 0.5, max_count: int = 1024, touch_gap: float = TOUCH_GAP, **kwargs) -> None:
+    def __init__(self, hidden_threshold: float = 0.5, max_count: int = 1024, touch_gap: float = TOUCH_GAP,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.hidden_threshold = hidden_threshold
         self.touch_gap = touch_gap
@@ -75,7 +77,7 @@ class ErrorBreakdown(Metric):
                            ("under_causes", len(UNDER_CAUSES)), ("touching_causes", len(UNDER_CAUSES)),
                            ("touch_measured", 1)):
             self.add_state(name, default=torch.zeros(size, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("by_gt", default=torch.zeros(max_count + 1, len(COUNTS), dtype=torch.int64),
+        self.add_state("by_gt", default=torch.zeros(max_count + 1, len(COUNTS + TOUCHING_COUNTS), dtype=torch.int64),
                        dist_reduce_fx="sum")
 
     def update(self, pred_boxes, pred_ids, gt_boxes, gt_ids, gt_hidden=None, frame_size=None) -> None:
@@ -85,7 +87,7 @@ class ErrorBreakdown(Metric):
         scale = None if frame_size is None else np.array([frame_size[1], frame_size[0]] * 2, np.float64)  # W, H
         misses, fps = np.zeros(len(MISS_KINDS), np.int64), np.zeros(len(FP_KINDS), np.int64)
         causes, touching_causes = np.zeros(len(UNDER_CAUSES), np.int64), np.zeros(len(UNDER_CAUSES), np.int64)
-        by_gt = np.zeros((self.max_count + 1, len(COUNTS)), np.int64)
+        by_gt = np.zeros((self.max_count + 1, len(COUNTS + TOUCHING_COUNTS)), np.int64)
         for b in range(gi.shape[0]):
             record: list = []
             match_sequence(pb[b], pi[b], gb[b], gi[b], record=record)
@@ -105,11 +107,8 @@ class ErrorBreakdown(Metric):
                     fps[FP_KINDS.index(("empty", "one", "merge")[min(2, int(inside[:, n].sum()))])] += 1
                 n_gt, n_pred = int(g_on.sum()), int(p_on.sum())
                 touching = scale is not None and _touching(g_box[g_on] * scale, self.touch_gap)
-                row = by_gt[min(n_gt, self.max_count)]
-                kinds = ["frames"] + ["under"] * (n_pred < n_gt) + ["over"] * (n_pred > n_gt)
-                for kind in kinds:
-                    row[COUNTS.index(kind)] += 1
-                    row[COUNTS.index("touching_" + kind if kind != "frames" else "touching")] += touching
+                hits = np.array([1, n_pred < n_gt, n_pred > n_gt], np.int64)  # as COUNTS
+                by_gt[min(n_gt, self.max_count)] += np.concatenate([hits, hits * touching])
                 if n_pred < n_gt:
                     cause = ("under_hidden" if is_hidden.any() else "under_first" if t == 0
                              else "under_carried" if under_so_far else "under_other")
@@ -123,17 +122,18 @@ class ErrorBreakdown(Metric):
         self.touch_measured += scale is not None
 
     def compute(self) -> dict[str, torch.Tensor]:
-        frames, under, over = self.by_gt[:, :3].sum(0)
+        frames, under, over = self.by_gt[:, :len(COUNTS)].sum(0)
         out = {"frames": frames, "frames/exact": frames - under - over, "frames/under": under, "frames/over": over,
                "misses": self.misses.sum(), "false_positives": self.false_positives.sum()}
         out.update({f"frames/{cause}": self.under_causes[i] for i, cause in enumerate(UNDER_CAUSES)})
         for name, kinds in (("misses", MISS_KINDS), ("false_positives", FP_KINDS)):
             out.update({f"{name}/{kind}": getattr(self, name)[i] for i, kind in enumerate(kinds)})
-        counts = COUNTS if self.touch_measured.item() else COUNTS[:3]
-        if self.touch_measured.item():
-            touching, touching_under, touching_over = self.by_gt[:, 3:].sum(0)
-            out.update({"touching/frames": touching, "touching/under": touching_under, "touching/over": touching_over})
+        measured = bool(self.touch_measured.item())
+        if measured:
+            touching = self.by_gt[:, len(COUNTS):].sum(0)
+            out.update({f"touching/{what}": touching[i] for i, what in enumerate(("frames", "under", "over"))})
             out.update({f"touching/{cause}": self.touching_causes[i] for i, cause in enumerate(UNDER_CAUSES)})
+        counts = COUNTS + TOUCHING_COUNTS if measured else COUNTS
         for k in torch.nonzero(self.by_gt[:, 0]).flatten().tolist():
             out.update({f"by_gt/{k}/{what}": self.by_gt[k, i] for i, what in enumerate(counts)})
         return out
