@@ -24,7 +24,8 @@ class Schedule:
     tau: relaxed-Bernoulli temperature; z_pres_prior: discovery presence prior probability;
     detach: detach the carried object state between frames; bg_alpha_curriculum: replace the
     discovery alpha canvases by a constant (SCALOR-SPEC §4.5); sigma: the pixel likelihood's std for
-    this step (None: the model's ``sigma``).
+    this step (None: the model's ``sigma``); reject_duplicates: whether training rejects duplicates at
+    discovery in this step (with ``model.reject_duplicates``; inference always does).
     """
 
     tau: float = 1.0
@@ -32,6 +33,7 @@ class Schedule:
     detach: bool = True
     bg_alpha_curriculum: bool = False
     sigma: Optional[float] = None
+    reject_duplicates: bool = True
 
 
 def tau_at(step: int, start: float = 1.0, end: float = 0.5, decay_steps: float = 20000.0) -> float:
@@ -57,7 +59,9 @@ class Curriculum:
     Defaults are the reference's: tau 1 -> 0.5 over 20k steps, z_pres prior 0.1 -> 1e-3 over 500
     steps, state detached until step 30k, background-alpha curriculum off (200 steps when on), the
     model's constant sigma. A sigma schedule (not in the reference) holds ``sigma_start`` up to step
-    ``sigma_anneal_begin``, then goes linearly to ``sigma_end`` over ``sigma_anneal_steps``.
+    ``sigma_anneal_begin``, then goes linearly to ``sigma_end`` over ``sigma_anneal_steps``. With
+    ``reject_duplicates_until`` (not in the reference), training rejects duplicates at discovery (where
+    ``model.reject_duplicates`` is on) only before that step and lets the objective alone sort them out after.
     """
 
     tau_start: float = 1.0
@@ -74,6 +78,7 @@ class Curriculum:
     sigma_end: Optional[float] = None
     sigma_anneal_begin: int = 0
     sigma_anneal_steps: int = 0
+    reject_duplicates_until: Optional[int] = None
 
     def __post_init__(self) -> None:
         if (self.sigma_start is None) != (self.sigma_end is None):
@@ -82,6 +87,10 @@ class Curriculum:
         if self.sigma_start is not None and not (self.sigma_start > 0 and self.sigma_end > 0):
             raise ConfigError(f"curriculum.sigma_start={self.sigma_start} and sigma_end={self.sigma_end} must be > 0 "
                               "(the pixel likelihood's std, e.g. 0.15 -> 0.1).")
+        until = self.reject_duplicates_until
+        if until is not None and (isinstance(until, bool) or not isinstance(until, int) or until < 0):
+            raise ConfigError(f"curriculum.reject_duplicates_until={until!r} must be an optimiser step >= 0 (e.g. 600) "
+                              "or null (duplicates rejected throughout training).")
 
     def at(self, global_step: int) -> Schedule:
         """Schedule for the optimiser update that follows ``global_step`` completed updates."""
@@ -96,4 +105,5 @@ class Curriculum:
             sigma=None if self.sigma_start is None else linear_anneal(
                 post - self.sigma_anneal_begin, self.sigma_start, self.sigma_end, self.sigma_anneal_steps
             ),
+            reject_duplicates=self.reject_duplicates_until is None or post < self.reject_duplicates_until,
         )

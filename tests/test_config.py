@@ -106,6 +106,13 @@ def test_sigma_schedule():
     assert inference_schedule(cur).sigma == 0.1 and inference_schedule(Curriculum()).sigma is None
 
 
+def test_duplicate_rejection_schedule():
+    assert Curriculum().at(0).reject_duplicates and Curriculum().at(10**6).reject_duplicates  # throughout
+    cur = Curriculum(reject_duplicates_until=600)
+    assert cur.at(0).reject_duplicates and cur.at(598).reject_duplicates  # the step after the update, as sigma
+    assert not cur.at(599).reject_duplicates and not cur.at(10**6).reject_duplicates
+
+
 def test_curriculum_group_composes(compose_cfg):
     cfg = compose_cfg("curriculum=bg_alpha")
     assert cfg.curriculum.bg_alpha_curriculum and cfg.curriculum.tau_decay_steps == 20000
@@ -168,6 +175,8 @@ BAD = [
     (["curriculum.sigma_start=0.15"], "curriculum.sigma_start and curriculum.sigma_end go together"),
     (["curriculum.sigma_start=0.15", "curriculum.sigma_end=0"], "sigma_end=0 must be > 0"),
     (["+curriculum.sigma=0.1"], "curriculum.sigma is not a schedule parameter"),
+    (["curriculum.reject_duplicates_until=-1"], "curriculum.reject_duplicates_until=-1 must be an optimiser step"),
+    (["curriculum.reject_duplicates_until=0.5"], "curriculum.reject_duplicates_until=0.5 must be an optimiser step"),
     (["+callbacks.ema._target_=scalor.callbacks.EMA", "+callbacks.ema.decay=1.5"],
      "callbacks.ema.decay=1.5 must be in (0, 1)"),
 ]

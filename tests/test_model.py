@@ -303,6 +303,30 @@ def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals
     assert (counts[1] < counts[0]).all() and (counts[1] >= 1).all()
 
 
+def test_training_can_stop_rejecting_duplicates_while_inference_keeps_it():
+    """Schedule.reject_duplicates=False (curriculum.reject_duplicates_until) turns the duplicate test off in
+    training only: the model then discovers as one without the option; in eval mode it still rejects."""
+    video = torch.zeros(2, 3, 3, 64, 64)
+    video[:, :, :, 8:20, 8:20] = 1.0
+    video[:, :, :, 40:52, 36:48] = 0.5
+    torch.manual_seed(0)
+    off = tiny(max_num_obj=16)
+    on = tiny(max_num_obj=16, reject_duplicates=True)
+    on.load_state_dict(off.state_dict())
+
+    def first_counts(m, training: bool, schedule: Schedule) -> torch.Tensor:
+        m.deterministic = True
+        m.train(training)
+        with torch.no_grad():
+            return m(video, schedule).counts[:, 0]
+
+    late = Schedule(reject_duplicates=False)
+    assert (first_counts(on, True, Schedule()) < first_counts(off, True, Schedule())).all()
+    assert torch.equal(first_counts(on, True, late), first_counts(off, True, late))
+    assert torch.equal(first_counts(on, False, late), first_counts(on, False, Schedule()))
+    assert (first_counts(on, False, late) < first_counts(off, False, late)).all()
+
+
 @pytest.mark.parametrize("mode", ["train", "eval", "generate", "generate_t0"])
 def test_cap_holds_in_every_mode(mode):
     torch.manual_seed(0)

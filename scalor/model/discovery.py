@@ -174,13 +174,15 @@ class Discovery(nn.Module):
     def forward(self, feats: Tensor | None, frame: Tensor | None, alpha_prop: Tensor, lengths: Tensor,
                 z_pres_prior: float, tau: float, reject: bool, encoder: Encode,
                 decoder: Decode, deterministic: bool, imagine: bool = False,
-                log_imp: bool = False, skip_below: float = 0.0, prop_masks: Tensor | None = None) -> DiscoveryStep:
+                log_imp: bool = False, skip_below: float = 0.0, prop_masks: Tensor | None = None,
+                dedup: bool = True) -> DiscoveryStep:
         """feats (B,64,Gh,Gw), frame (B,3,H,W) (both None when imagined), alpha_prop (B,1,H,W)
         detached and clamped, lengths (B,) objects tracked before this frame -> DiscoveryStep.
 
         skip_below > 0 (an approximation for inference): cells whose relaxed presence is below it are
         switched off and neither encoded nor decoded (one host sync for the active count). prop_masks (B,N,H*W)
-        bool: each propagated object's mask (presence times alpha > 0.1), needed with ``reject_min_iou``."""
+        bool: each propagated object's mask (presence times alpha > 0.1), needed with ``reject_min_iou``. dedup=False
+        skips the duplicate test of this call (``reject_duplicates`` then acts as if off)."""
         b, k = alpha_prop.shape[0], self.num_cells
         zeros = alpha_prop.new_zeros(b)
         if imagine:
@@ -227,7 +229,7 @@ class Discovery(nn.Module):
         # Accept-reject: a proposal whose binarised mask is mostly covered by propagated objects (and, with
         # reject_duplicates, by a more present proposal of the same frame); with reject_min_iou / duplicate_min_iou
         # one such object alone must cover it and overlap it with that mask IoU.
-        dedup = self.reject_duplicates and not imagine
+        dedup = self.reject_duplicates and dedup and not imagine
         checked = reject or dedup
         accept = torch.ones(b, k, dtype=torch.bool, device=alpha_prop.device)
         if checked:

@@ -419,7 +419,7 @@ class SCALOR(nn.Module):
             else:
                 alpha_prop = video.new_zeros(b, 1, *self.img_hw)
             disc = self.discovery(f_t, frame, alpha_prop, lengths, schedule.z_pres_prior, schedule.tau,
-                                  reject=prop is not None,
+                                  reject=prop is not None, dedup=schedule.reject_duplicates or not self.training,
                                   encoder=self._encode, decoder=self._decode, deterministic=det,
                                   imagine=imagine, log_imp=log_imp,
                                   skip_below=self.train_skip_glimpse_below if self.training else self.skip_glimpse_below,
