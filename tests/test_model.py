@@ -284,7 +284,9 @@ def test_duplicate_copy_iou_drops_a_copy_drawn_with_a_wider_mask(copy_iou, copy_
     assert bool(dup[0, 1]) is not copy_kept
 
 
-def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals():
+def _two_blobs_without_and_with_duplicate_rejection():
+    """A video (2, 3, 3, 64, 64) of two blobs, and two fresh models with the same weights, without and with
+    ``reject_duplicates``."""
     video = torch.zeros(2, 3, 3, 64, 64)
     video[:, :, :, 8:20, 8:20] = 1.0
     video[:, :, :, 40:52, 36:48] = 0.5
@@ -292,6 +294,11 @@ def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals
     off = tiny(max_num_obj=16)
     on = tiny(max_num_obj=16, reject_duplicates=True)
     on.load_state_dict(off.state_dict())
+    return video, off, on
+
+
+def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals():
+    video, off, on = _two_blobs_without_and_with_duplicate_rejection()
     assert not off.discovery.reject_duplicates
     counts = []
     for m in (off, on):
@@ -306,13 +313,7 @@ def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals
 def test_training_can_stop_rejecting_duplicates_while_inference_keeps_it():
     """Schedule.reject_duplicates=False (curriculum.reject_duplicates_until) turns the duplicate test off in
     training only: the model then discovers as one without the option; in eval mode it still rejects."""
-    video = torch.zeros(2, 3, 3, 64, 64)
-    video[:, :, :, 8:20, 8:20] = 1.0
-    video[:, :, :, 40:52, 36:48] = 0.5
-    torch.manual_seed(0)
-    off = tiny(max_num_obj=16)
-    on = tiny(max_num_obj=16, reject_duplicates=True)
-    on.load_state_dict(off.state_dict())
+    video, off, on = _two_blobs_without_and_with_duplicate_rejection()
 
     def first_counts(m, training: bool, schedule: Schedule) -> torch.Tensor:
         m.deterministic = True
