@@ -130,8 +130,7 @@ class ErrorBreakdown(Metric):
             out.update({f"{name}/{kind}": getattr(self, name)[i] for i, kind in enumerate(kinds)})
         measured = bool(self.touch_measured.item())
         if measured:
-            touching = self.by_gt[:, len(COUNTS):].sum(0)
-            out.update({f"touching/{what}": touching[i] for i, what in enumerate(("frames", "under", "over"))})
+            out.update({f"touching/{what}": n for what, n in zip(COUNTS, self.by_gt[:, len(COUNTS):].sum(0))})
             out.update({f"touching/{cause}": self.touching_causes[i] for i, cause in enumerate(UNDER_CAUSES)})
         counts = COUNTS + TOUCHING_COUNTS if measured else COUNTS
         for k in torch.nonzero(self.by_gt[:, 0]).flatten().tolist():
