@@ -6,6 +6,8 @@
 
 Only the experiments of the given (or found) runs are rewritten: the page keeps the sections of the others as
 they are, so a run folder that lives on another machine does not have to be present to update one experiment.
+Within a rewritten experiment, the runs the page already shows and that are not given again stay on it as earlier
+runs (their figures move to a folder of their own); `--replace` drops them instead.
 
 A run folder is what `python run.py task=fit ...` leaves: summary.json (command, hardware, wall time, steps,
 test metrics), csv/version_*/metrics.csv (the CSV logger's history) and media/test_tracking.{mp4,png}.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -268,11 +271,49 @@ def experiment_sections(body: str) -> dict[str, str]:
     return {k: "\n".join(v).rstrip("\n") + "\n" for k, v in sections.items()}
 
 
+RUN_FOLDER = re.compile(r"^Run folder `([^`]+)`", re.M)
+
+
+def page_runs(section_text: str) -> list[tuple[str, str, bool]]:
+    """The runs an experiment's section on the page shows: (run folder name, its text, whether it is the
+    section's newest run), split at the ``###``/``####`` headings; text without a run folder line is dropped."""
+    parts, current = [], []
+    for line in section_text.rstrip("\n").split("\n"):
+        if line.startswith(("### ", "#### ")) and current:
+            parts.append(current)
+            current = []
+        current.append(line)
+    parts.append(current)
+    found = []
+    for lines in parts:
+        text = "\n".join(lines).rstrip("\n") + "\n"
+        match = RUN_FOLDER.search(text)
+        if match:
+            found.append((match.group(1), text, lines[0].startswith("### ")))
+    return found
+
+
+def as_earlier(name: str, folder: str, text: str, newest: bool, docs: Path) -> str:
+    """A run the page showed that stays on it as an earlier run: the newest one's heading becomes a sub-heading
+    and its figures move from results/<name>/ to results/<name>/<folder>/ (where earlier runs keep theirs)."""
+    if not newest:
+        return text
+    src, dst = docs / "results" / name, docs / "results" / name / folder
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in src.iterdir():
+        if path.is_file() and re.search(rf"\(results/{re.escape(name)}/{re.escape(path.name)}\)", text):
+            shutil.move(str(path), dst / path.name)
+    text = re.sub(rf"results/{re.escape(name)}/(?=[^/\s)\]]+[)\]])", f"results/{name}/{folder}/", text)
+    return text.replace(f"### {name}\n", f"#### {name}, earlier run\n", 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="*", type=Path, help="run folders (default: newest fit run per experiment)")
     parser.add_argument("--outputs", type=Path, default=ROOT / "outputs", help="output root to search")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md goes")
+    parser.add_argument("--replace", action="store_true",
+                        help="drop the page's runs of a rewritten experiment that are not given again")
     args = parser.parse_args()
     runs = args.runs or newest_runs(args.outputs)
     missing = [r for r in runs if not (r / SUMMARY_FILE).is_file()]
@@ -284,15 +325,21 @@ def main() -> None:
     by_name: dict[str, list[Path]] = {}
     for run in runs:
         by_name.setdefault(read_summary(run)["name"], []).append(run)
-    new = {name: "\n".join(section(run, args.docs, earlier=i > 0) for i, run in
-                            enumerate(sorted(group, key=lambda r: read_summary(r)["finished"], reverse=True)))
-           for name, group in by_name.items()}
     page = args.docs / "results.md"
     text = page.read_text() if page.is_file() else f"# Results\n\n{START}\n{END}\n"
     if START not in text or END not in text:
         parser.error(f"{page} lacks the {START} ... {END} markers the table goes between")
     head, rest = text.split(START, 1)
     kept = experiment_sections(rest.split(END, 1)[0])
+    # the page's earlier runs of a rewritten experiment move aside before its new figures are written
+    earlier = {name: [] if args.replace else
+               [as_earlier(name, folder, part, newest, args.docs) for folder, part, newest in page_runs(kept[name])
+                if folder not in {r.name for r in group}]
+               for name, group in by_name.items() if name in kept}
+    new = {name: "\n".join([section(run, args.docs, earlier=i > 0) for i, run in
+                             enumerate(sorted(group, key=lambda r: read_summary(r)["finished"], reverse=True))]
+                            + earlier.get(name, []))
+           for name, group in by_name.items()}
     kept_or_new = [new.pop(name, old) for name, old in kept.items()]  # in the page's order; new experiments last
     body = "\n".join(kept_or_new + list(new.values()))
     page.write_text(f"{head}{START}\n{body}\n{END}{rest.split(END, 1)[1]}")

@@ -115,7 +115,7 @@ def test_results_page_with_earlier_runs_of_an_experiment(tmp_path):
 
 def test_results_page_keeps_the_sections_of_experiments_not_given(tmp_path):
     """Updating one experiment leaves the others' sections (whose run folders may be elsewhere) as they were, and
-    replaces that experiment's own section, earlier-run sub-sections included, where it stood."""
+    replaces that experiment's own section where it stood (text that names no run folder is not kept)."""
     run = fake_run(tmp_path / "outputs", "crowded", "a", metrics={"test/mota": 0.3})
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -134,6 +134,40 @@ def test_results_page_keeps_the_sections_of_experiments_not_given(tmp_path):
     page = (docs / "results.md").read_text()
     assert page.index("DENSE-TABLE") < page.index("### mnist") < page.index("| fit | 0.400 |") < page.index("tail")
     assert "| fit | 0.300 |" in page and "EASY-OLD" in page
+
+
+def test_results_page_keeps_the_runs_it_showed_as_earlier_runs(tmp_path):
+    """A new run of an experiment whose earlier runs live elsewhere: the page's runs stay as earlier runs (the
+    newest one's figures move to a folder of their own), unless --replace drops them."""
+    docs = tmp_path / "docs"
+    (docs / "results" / "easy" / "r0").mkdir(parents=True)
+    for name in ("curves.png", "tracking.webm"):
+        (docs / "results" / "easy" / name).write_text("r1")
+        (docs / "results" / "easy" / "r0" / name).write_text("r0")
+    shown = ("### easy\n\n`python run.py`\n\nRun folder `r1`; 2 CPU cores.\n\nR1-TABLE\n\n"
+             "![easy curves](results/easy/curves.png)\n\n[results/easy/tracking.webm](results/easy/tracking.webm)\n\n"
+             "#### easy, earlier run\n\nRun folder `r0`; 2 CPU cores.\n\nR0-TABLE\n\n"
+             "![easy curves](results/easy/r0/curves.png)\n")
+    (docs / "results.md").write_text(f"<!-- results:start -->\n{shown}\n### dense\n\nD\n<!-- results:end -->\n")
+    run = fake_run(tmp_path / "outputs", "easy", "r2", metrics={"test/mota": 0.9})
+    (run / "csv" / "version_0").mkdir(parents=True)
+    (run / "csv" / "version_0" / "metrics.csv").write_text("step,train/neg_elbo\n0,-100\n5,-200\n")
+    proc = subprocess.run([sys.executable, "scripts/results.py", str(run), "--docs", str(docs)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    page = (docs / "results.md").read_text()
+    order = ["### easy\n", "Run folder `r2`", "| fit | 0.900 |", "(results/easy/curves.png)", "#### easy, earlier run",
+             "Run folder `r1`", "R1-TABLE", "(results/easy/r1/curves.png)", "[results/easy/r1/tracking.webm]",
+             "#### easy, earlier run", "Run folder `r0`", "(results/easy/r0/curves.png)", "### dense"]
+    at = [page.index(text, page.index(order[i - 1]) + 1 if i else 0) for i, text in enumerate(order)]
+    assert at == sorted(at) and page.count("### easy\n") == 1
+    assert (docs / "results" / "easy" / "r1" / "tracking.webm").read_text() == "r1"
+    assert (docs / "results" / "easy" / "r0" / "curves.png").read_text() == "r0"
+    assert (docs / "results" / "easy" / "curves.png").read_bytes().startswith(b"\x89PNG")  # the new run's figure
+    subprocess.run([sys.executable, "scripts/results.py", str(run), "--docs", str(docs), "--replace"], cwd=ROOT,
+                   check=True, capture_output=True, timeout=300)
+    page = (docs / "results.md").read_text()
+    assert "Run folder `r2`" in page and "R1-TABLE" not in page and "earlier run" not in page and "### dense" in page
 
 
 def test_count_table_groups_many_counts_into_ranges():
