@@ -332,10 +332,11 @@ def main() -> None:
     head, rest = text.split(START, 1)
     kept = experiment_sections(rest.split(END, 1)[0])
     # the page's earlier runs of a rewritten experiment move aside before its new figures are written
+    given = {run.name for run in runs}
     earlier = {name: [] if args.replace else
                [as_earlier(name, folder, part, newest, args.docs) for folder, part, newest in page_runs(kept[name])
-                if folder not in {r.name for r in group}]
-               for name, group in by_name.items() if name in kept}
+                if folder not in given]
+               for name in by_name if name in kept}
     new = {name: "\n".join([section(run, args.docs, earlier=i > 0) for i, run in
                              enumerate(sorted(group, key=lambda r: read_summary(r)["finished"], reverse=True))]
                             + earlier.get(name, []))
