@@ -65,6 +65,18 @@ def inference_mode(model: SCALOR, deterministic: bool | None):
         model.deterministic = was_det
 
 
+@contextmanager
+def streaming(model: SCALOR):
+    """Window after window with the state carried over: options that need a whole sequence's frames
+    (``pick_direction``) are off, so each window's IDs continue the last one's; they come back after."""
+    picks = model.pick_direction
+    model.pick_direction = False
+    try:
+        yield model
+    finally:
+        model.pick_direction = picks
+
+
 def _upscale_factor(height: int, width: int, upscale: int | None) -> int:
     if upscale is not None:
         if int(upscale) < 1:
@@ -113,11 +125,11 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
 
     Frames are read ``window`` at a time; the model runs in eval mode, deterministically (posterior means),
     without gradients, and its ``carry`` continues each window where the previous one ended, so object IDs
-    persist over the whole video and memory does not grow with its length. Every processed frame is written at
-    once: ``tracks.txt`` gets MOTChallenge lines ``frame,id,x,y,w,h,conf,-1,-1,-1`` (1-based frame, pixels of
-    the model's input, conf = presence) for objects with presence > 0.5; ``tracks.mp4`` shows the frames
-    (enlarged ``upscale`` times; None: to >= 256 px) with their boxes and the last ``trail`` box centres in ID
-    colours. ``device`` moves the model there (None: leave it where it is); ``schedule`` defaults to
+    persist over the whole video and memory does not grow with its length (``pick_direction`` is off here:
+    :func:`streaming`). Every processed frame is written at once: ``tracks.txt`` gets MOTChallenge lines
+    ``frame,id,x,y,w,h,conf,-1,-1,-1`` (1-based frame, pixels of the model's input, conf = presence) for
+    objects with presence > 0.5; ``tracks.mp4`` shows the frames (enlarged ``upscale`` times; None: to >= 256
+    px) with their boxes and the last ``trail`` box centres in ID colours. ``device`` moves the model there (None: leave it where it is); ``schedule`` defaults to
     :func:`inference_schedule`. The model's train/deterministic settings are restored afterwards.
 
     Returns ``frames`` (count), ``num_ids`` and ``ids`` (distinct IDs written), ``detections`` (lines written),
@@ -146,7 +158,7 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
     model_s = 0.0
     carry = None
     start = time.perf_counter()
-    with inference_mode(model, deterministic=True), VideoWriter(mp4, fps) as writer:
+    with inference_mode(model, deterministic=True), streaming(model), VideoWriter(mp4, fps) as writer:
         for chunk in _windows(frames, int(window)):
             clip = np.stack([_check_frame(f, n_frames + i, img_hw) for i, f in enumerate(chunk)])
             video = torch.from_numpy(clip).to(dev)[None]  # (1, T, 3, H, W)

@@ -69,6 +69,15 @@ class TrackTable:
         """The same tracks with time reversed."""
         return TrackTable(self.ids, self.boxes.flip(2), self.presence.flip(2))
 
+    @staticmethod
+    def choose(first: "TrackTable", second: "TrackTable", take_second: Tensor) -> "TrackTable":
+        """Per batch element, the tracks of one of two tables of the same batch: take_second (B,) bool. The
+        rows of both are kept (I + J rows), those of the table not taken unreported, so IDs never mix."""
+        keep = torch.stack([~take_second, take_second])  # (2, B)
+        presence = [table.presence * keep[k, :, None, None] for k, table in enumerate((first, second))]
+        return TrackTable(torch.cat([first.ids, second.ids]), torch.cat([first.boxes, second.boxes], 1),
+                          torch.cat(presence, 1))
+
 
 def backfill(forward: TrackTable, backward: TrackTable, match_iou: float = 0.5,
              copy_iou: float = 0.7) -> tuple[TrackTable, Tensor]:

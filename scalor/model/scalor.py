@@ -61,7 +61,8 @@ class SCALOR(nn.Module):
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                  duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
-                 reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7):
+                 reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
+                 pick_direction: bool = False):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -73,7 +74,8 @@ class SCALOR(nn.Module):
                              reject_min_iou=reject_min_iou, track_duplicate_iou=track_duplicate_iou,
                              z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold,
                              duplicate_copy_iou=duplicate_copy_iou, reverse_init=reverse_init,
-                             skip_glimpse_below=skip_glimpse_below, train_skip_glimpse_below=train_skip_glimpse_below,
+                             pick_direction=pick_direction, skip_glimpse_below=skip_glimpse_below,
+                             train_skip_glimpse_below=train_skip_glimpse_below,
                              checkpoint_decoder=checkpoint_decoder, checkpoint_encoder=checkpoint_encoder,
                              fixed_slots=fixed_slots)
         self.img_hw = (img_size, img_size)
@@ -101,6 +103,7 @@ class SCALOR(nn.Module):
         self.reverse_init = reverse_init
         self.backfill = backfill
         self.backfill_copy_iou = backfill_copy_iou
+        self.pick_direction = pick_direction
         boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
         self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
 
@@ -131,7 +134,8 @@ class SCALOR(nn.Module):
                         reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                         duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
                         reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
-                        skip_glimpse_below: float = 0.0, train_skip_glimpse_below: float = 0.0,
+                        pick_direction: bool = False, skip_glimpse_below: float = 0.0,
+                        train_skip_glimpse_below: float = 0.0,
                         checkpoint_decoder: bool | str = "auto", checkpoint_encoder: bool | str = "auto",
                         fixed_slots: bool | str = "auto", **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
@@ -147,9 +151,13 @@ class SCALOR(nn.Module):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= 1):
                 raise ConfigError(f"model.{key}={value!r} must be a presence in [0, 1] (0: every cell is encoded "
                                   "and decoded).")
-        for key, value in (("reverse_init", reverse_init), ("backfill", backfill)):
+        for key, value in (("reverse_init", reverse_init), ("backfill", backfill),
+                           ("pick_direction", pick_direction)):
             if not isinstance(value, bool):
                 raise ConfigError(f"model.{key}={value!r} must be true or false.")
+        if reverse_init and pick_direction:
+            raise ConfigError("model.reverse_init=true and model.pick_direction=true are two ways of using a backward "
+                              "pass; set one of them false.")
         if isinstance(backfill_copy_iou, bool) or not (0 < backfill_copy_iou <= 1):
             raise ConfigError(f"model.backfill_copy_iou={backfill_copy_iou!r} must be in (0, 1] (0.7: a backward box "
                               "with that IoU with an earlier forward track is a copy).")
@@ -362,13 +370,15 @@ class SCALOR(nn.Module):
         log_imp: also return the importance log-ratios of the NLL estimate (SCALOR-SPEC §4.10).
         track_only: boxes, IDs and counts only (tracking inference): no compositing, background or
         likelihood; recon is then empty (B, 0, 3, H, W) and log_like, kl_bg are zero. Offline tracking options
-        of track-only calls: ``reverse_init`` (without carry: :meth:`track_both_ends`) and ``backfill``
-        (:meth:`track_backfilled`).
+        of track-only calls: ``reverse_init`` (without carry: :meth:`track_both_ends`), ``backfill``
+        (:meth:`track_backfilled`) and ``pick_direction`` (without carry: :meth:`track_picked`).
         """
         if visuals and track_only:
             raise ValueError("visuals need the composited frames: call with track_only=False")
         if not (track_only and observe_frames is None):
             return self._run(video, schedule, carry, observe_frames, visuals, log_imp, track_only)
+        if carry is None and self.pick_direction:
+            return self.track_picked(video, schedule)
         out = (self.track_both_ends(video, schedule) if carry is None and self.reverse_init
                else self._run(video, schedule, carry, track_only=True))
         return self.track_backfilled(video, schedule, out) if self.backfill else out
@@ -386,6 +396,28 @@ class SCALOR(nn.Module):
                                    copy_iou=self.backfill_copy_iou)
         boxes, ids, presence = table.to_slots()
         return replace(out, boxes=boxes, ids=ids, presence=presence, counts=out.counts + extended.sum(1))
+
+    def track_picked(self, video: Tensor, schedule: Schedule) -> SequenceOutput:
+        """Tracks of whole sequences video (B,T,3,H,W) by the better of two directions (``pick_direction``;
+        offline tracking).
+
+        The frames are explained twice, by a pass in order and by a pass in reverse order (full passes, so that
+        each has its ELBO; with ``backfill`` each pass's tracks are backfilled from the other's). Two objects
+        that touch where a pass starts are often taken as one object until they part; a pass from the other
+        end meets them apart and holds them as two, and drawing them as two explains the frames better. Each
+        sequence reports the tracks of the pass with the lower negative ELBO (ties: the forward one). IDs are the
+        chosen pass's own; the loss terms, recon and carry are the forward pass's.
+        """
+        ahead = self._run(video, schedule)
+        behind = self._run(video.flip(1), schedule)
+        fwd = TrackTable.from_slots(ahead.boxes, ahead.ids, ahead.presence)
+        bwd = TrackTable.from_slots(behind.boxes, behind.ids, behind.presence).flip()
+        if self.backfill:
+            fwd, bwd = (backfill(fwd, bwd, copy_iou=self.backfill_copy_iou)[0],
+                        backfill(bwd.flip(), fwd.flip(), copy_iou=self.backfill_copy_iou)[0].flip())
+        table = TrackTable.choose(fwd, bwd, behind.neg_elbo < ahead.neg_elbo)
+        boxes, ids, presence = table.to_slots()
+        return replace(ahead, boxes=boxes, ids=ids, presence=presence, counts=table.reported.sum(1))
 
     def _run(self, video: Tensor, schedule: Schedule, carry: Carry | None = None, observe_frames: int | None = None,
              visuals: bool = False, log_imp: bool = False, track_only: bool = False) -> SequenceOutput:

@@ -1,0 +1,153 @@
+"""model.pick_direction (offline tracking): each sequence reports the tracks of the direction with the better ELBO."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from scalor.errors import ConfigError
+from scalor.inference import track_video
+from scalor.model import SCALOR, Schedule
+from scalor.model.backfill import TrackTable
+
+torch.set_num_threads(1)
+
+TINY = dict(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=8, deterministic=True)
+
+
+def box(x, y, s=0.1):
+    return [x, y, x + s, y + s]
+
+
+def table(rows, t_len, ids):
+    """rows: per sequence of the batch, one dict {frame: box} per track -> TrackTable (presence 0.9 where given);
+    every sequence has the same number of rows, ids (U,)."""
+    b, u = len(rows), len(rows[0])
+    boxes, pres = torch.zeros(b, u, t_len, 4), torch.zeros(b, u, t_len)
+    for s, seq in enumerate(rows):
+        for r, row in enumerate(seq):
+            for t, xyxy in row.items():
+                boxes[s, r, t], pres[s, r, t] = torch.tensor(xyxy), 0.9
+    return TrackTable(torch.tensor(ids), boxes, pres)
+
+
+def reported_ids(out, seq):
+    """Per frame, the sorted IDs reported in sequence ``seq``."""
+    return [sorted(i for i in out.ids[seq, t].tolist() if i >= 0) for t in range(out.ids.shape[1])]
+
+
+def test_choose_takes_each_sequence_from_one_table_and_keeps_ids_apart():
+    first = table([[{0: box(0.1, 0.1), 1: box(0.1, 0.1)}], [{0: box(0.5, 0.5), 1: box(0.5, 0.5)}]], 2, ids=[1])
+    second = table([[{0: box(0.2, 0.2), 1: box(0.2, 0.2)}, {1: box(0.6, 0.6)}],
+                    [{0: box(0.3, 0.3), 1: box(0.3, 0.3)}, {0: box(0.7, 0.7)}]], 2, ids=[1, 2])
+    chosen = TrackTable.choose(first, second, torch.tensor([True, False]))
+    assert chosen.ids.tolist() == [1, 1, 2]  # I + J rows; the same ID on two rows is never reported twice
+    assert chosen.reported[0].tolist() == [[False, False], [True, True], [False, True]]  # sequence 0: second
+    assert chosen.reported[1].tolist() == [[True, True], [False, False], [False, False]]  # sequence 1: first
+    _, ids, _ = chosen.to_slots()
+    assert [sorted(i for i in ids[0, t].tolist() if i >= 0) for t in range(2)] == [[1], [1, 2]]
+    torch.testing.assert_close(chosen.boxes[1, 0], first.boxes[1, 0])
+
+
+def prescribed(monkeypatch, m, video, fwd, bwd, fwd_nll, bwd_nll):
+    """Make the model's passes report the tables fwd / bwd (bwd in forward time) with these negative ELBOs
+    (B,): the pass over the reversed frames gets bwd."""
+    real_run = m._run
+
+    def run(v, schedule, carry=None, *args, **kwargs):
+        out = real_run(v, schedule, carry, *args, **kwargs)
+        backwards = torch.equal(v, video.flip(1))
+        boxes, ids, pres = (bwd.flip() if backwards else fwd).to_slots()
+        nll = torch.tensor(bwd_nll if backwards else fwd_nll)
+        return replace(out, boxes=boxes, ids=ids, presence=pres, counts=(ids >= 0).sum(-1),
+                       log_like=-nll, kl_what=torch.zeros_like(nll), kl_where=torch.zeros_like(nll),
+                       kl_depth=torch.zeros_like(nll), kl_pres=torch.zeros_like(nll), kl_bg=torch.zeros_like(nll))
+
+    monkeypatch.setattr(m, "_run", run)
+
+
+def test_model_reports_the_direction_with_the_lower_negative_elbo(monkeypatch):
+    """Sequence 0: the backward pass holds two sprites the forward pass took as one and has the better ELBO, so
+    its tracks (and IDs) are reported; sequence 1: the forward pass is better and is reported as it is."""
+    torch.manual_seed(0)
+    m = SCALOR(**TINY).eval()
+    video = torch.rand(2, 4, 3, 64, 64)
+    one = {t: box(0.1 + 0.02 * t, 0.1) for t in range(4)}
+    fwd = table([[one, {}], [one, {t: box(0.5, 0.5) for t in range(4)}]], 4, ids=[1, 2])
+    bwd = table([[one, {t: box(0.2 + 0.02 * t, 0.1) for t in range(4)}], [one, {}]], 4, ids=[5, 6])
+    prescribed(monkeypatch, m, video, fwd, bwd, fwd_nll=[-100.0, -200.0], bwd_nll=[-150.0, -190.0])
+    m.pick_direction = True
+    with torch.no_grad():
+        out = m(video, Schedule(), track_only=True)
+    assert reported_ids(out, 0) == [[5, 6]] * 4 and reported_ids(out, 1) == [[1, 2]] * 4
+    assert out.counts.tolist() == [[2] * 4, [2] * 4]
+    torch.testing.assert_close(out.boxes[0][out.ids[0] == 6], bwd.boxes[0, 1])
+    torch.testing.assert_close(out.log_like, torch.tensor([100.0, 200.0]))  # the loss terms are the forward pass's
+
+
+def test_model_backfills_each_direction_from_the_other(monkeypatch):
+    """With backfill, the forward pass's late track is extended back along the backward track before the
+    choice: the forward pass (better ELBO) reports both sprites from frame 0."""
+    torch.manual_seed(0)
+    m = SCALOR(**TINY).eval()
+    video = torch.rand(1, 5, 3, 64, 64)
+    fwd = table([[{t: box(0.1, 0.1) for t in range(5)}, {t: box(0.5, 0.5) for t in (3, 4)}]], 5, ids=[1, 2])
+    bwd = table([[{t: box(0.1, 0.1) for t in range(5)}, {t: box(0.5 - 0.02 * (4 - t), 0.5) for t in range(5)}]], 5,
+                ids=[1, 2])
+    prescribed(monkeypatch, m, video, fwd, bwd, fwd_nll=[-300.0], bwd_nll=[-200.0])
+    m.pick_direction = True
+    with torch.no_grad():
+        plain = m(video, Schedule(), track_only=True)
+        m.backfill = True
+        filled = m(video, Schedule(), track_only=True)
+    assert plain.counts.tolist() == [[1, 1, 1, 2, 2]]
+    assert filled.counts.tolist() == [[2] * 5]
+    torch.testing.assert_close(filled.boxes[0][filled.ids[0] == 2][:3], bwd.boxes[0, 1, :3])
+
+
+def test_model_pick_matches_the_chosen_track_only_pass():
+    """Untrained model, real passes: every sequence reports exactly the tracks of the track-only pass of the
+    direction whose full pass has the lower negative ELBO (the reversed pass's in forward time)."""
+    torch.manual_seed(0)
+    m = SCALOR(**TINY).eval()
+    with torch.no_grad():
+        m.discovery.proposal.pres_head[-1].bias.fill_(0.5)
+    video = torch.rand(3, 5, 3, 64, 64)
+    with torch.no_grad():
+        ahead, behind = m(video, Schedule()), m(video.flip(1), Schedule())
+        fwd = TrackTable.from_slots(*(lambda o: (o.boxes, o.ids, o.presence))(m(video, Schedule(), track_only=True)))
+        bwd = TrackTable.from_slots(*(lambda o: (o.boxes, o.ids, o.presence))(
+            m(video.flip(1), Schedule(), track_only=True))).flip()
+        m.pick_direction = True
+        out = m(video, Schedule(), track_only=True)
+    got = TrackTable.from_slots(out.boxes, out.ids, out.presence)
+    assert int(fwd.reported.sum()) > 0
+    assert {bool(x) for x in behind.neg_elbo < ahead.neg_elbo} == {True, False}  # both directions are chosen
+    for s in range(3):
+        want = bwd if behind.neg_elbo[s] < ahead.neg_elbo[s] else fwd
+        rows = lambda tab: sorted((int(i), t, *[round(v, 5) for v in tab.boxes[s, r, t].tolist()])  # noqa: E731
+                                  for r, i in enumerate(tab.ids.tolist()) for t in range(5) if tab.reported[s, r, t])
+        assert rows(got) == rows(want)
+    torch.testing.assert_close(out.log_like, ahead.log_like)
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="pick_direction"):
+        SCALOR.validate_config(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, pick_direction="yes")
+    with pytest.raises(ConfigError, match="reverse_init=true and model.pick_direction=true"):
+        SCALOR.validate_config(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, pick_direction=True,
+                               reverse_init=True)
+
+
+def test_streaming_tracks_forwards_and_keeps_the_setting(tmp_path, monkeypatch):
+    """track_video carries IDs from window to window, so it tracks forwards; the model's setting comes back."""
+    torch.manual_seed(0)
+    m = SCALOR(**TINY)
+    m.pick_direction = True
+    seen = []
+    real = m.track_picked
+    monkeypatch.setattr(m, "track_picked", lambda *a, **k: seen.append(1) or real(*a, **k))
+    frames = (np.random.default_rng(t).random((3, 64, 64), dtype=np.float32) for t in range(6))
+    summary = track_video(m, frames, tmp_path, window=3)
+    assert summary["frames"] == 6 and not seen and m.pick_direction
