@@ -41,7 +41,7 @@ def test_default_is_the_quick_experiment_with_the_reference_optimiser_defaults(c
         assert tuned.optimizer._target_ == "torch.optim.Adam" and tuned.train_seq_len == 10, name
         assert tuned.model.sigma == 0.15 and tuned.model.reject_duplicates and tuned.model.no_background, name
     easy = compose_cfg("experiment=dsprites_easy", tiny=False)  # training rejects duplicates until step 600 only
-    assert easy.curriculum.reject_duplicates_until == 600
+    assert easy.curriculum.reject_duplicates_until == 600 and easy.curriculum.remove_detach_step == 600
     assert easy.model.backfill and easy.model.pick_direction  # offline tracks: backfilled, the better direction
 
 
