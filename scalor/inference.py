@@ -129,8 +129,9 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
     :func:`streaming`). Every processed frame is written at once: ``tracks.txt`` gets MOTChallenge lines
     ``frame,id,x,y,w,h,conf,-1,-1,-1`` (1-based frame, pixels of the model's input, conf = presence) for
     objects with presence > 0.5; ``tracks.mp4`` shows the frames (enlarged ``upscale`` times; None: to >= 256
-    px) with their boxes and the last ``trail`` box centres in ID colours. ``device`` moves the model there (None: leave it where it is); ``schedule`` defaults to
-    :func:`inference_schedule`. The model's train/deterministic settings are restored afterwards.
+    px) with their boxes and the last ``trail`` box centres in ID colours. ``device`` moves the model there
+    (None: leave it where it is); ``schedule`` defaults to :func:`inference_schedule`. The model's
+    train/deterministic settings are restored afterwards.
 
     Returns ``frames`` (count), ``num_ids`` and ``ids`` (distinct IDs written), ``detections`` (lines written),
     ``max_objects`` (most objects in one frame), ``tracks_txt`` and ``tracks_mp4`` (paths as str), ``seconds``,
