@@ -412,9 +412,10 @@ class SCALOR(nn.Module):
         behind = self._run(video.flip(1), schedule)
         fwd = TrackTable.from_slots(ahead.boxes, ahead.ids, ahead.presence)
         bwd = TrackTable.from_slots(behind.boxes, behind.ids, behind.presence).flip()
-        if self.backfill:
-            fwd, bwd = (backfill(fwd, bwd, copy_iou=self.backfill_copy_iou)[0],
-                        backfill(bwd.flip(), fwd.flip(), copy_iou=self.backfill_copy_iou)[0].flip())
+        if self.backfill:  # each from the other pass as it was tracked, not as backfilled
+            filled_fwd = backfill(fwd, bwd, copy_iou=self.backfill_copy_iou)[0]
+            filled_bwd = backfill(bwd.flip(), fwd.flip(), copy_iou=self.backfill_copy_iou)[0].flip()
+            fwd, bwd = filled_fwd, filled_bwd
         table = TrackTable.choose(fwd, bwd, behind.neg_elbo < ahead.neg_elbo)
         boxes, ids, presence = table.to_slots()
         return replace(ahead, boxes=boxes, ids=ids, presence=presence, counts=table.reported.sum(1))
