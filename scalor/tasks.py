@@ -38,11 +38,12 @@ from scalor.summary import write_summary
 TASKS = ("fit", "test", "track", "generate")
 # Set by Lightning's DDP launcher in the process that starts the workers (restored after each job).
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-# Model keys that only change how a trained network is run, not its weights (the last five: speed options that
-# give the same outputs).
+# Model keys that only change how a trained network is run, not its weights (the five from fixed_slots: speed
+# options that give the same outputs; the last two: approximations that skip cells of low presence).
 RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic", "reverse_init", "backfill",
-                      "backfill_copy_iou", "pick_direction", "fixed_slots", "checkpoint_decoder", "checkpoint_encoder",
-                      "channels_last", "compile")
+                      "backfill_copy_iou", "pick_direction", "inference_duplicate_min_iou", "fixed_slots",
+                      "checkpoint_decoder", "checkpoint_encoder", "channels_last", "compile", "skip_glimpse_below",
+                      "train_skip_glimpse_below")
 # Where each model key is set from (for error messages).
 MODEL_KEY_SOURCE = {"img_size": "data.img_size", "num_cell_h": "grid.num_cell_h", "num_cell_w": "grid.num_cell_w"}
 HIGHER_IS_BETTER = ("mota", "motp", "idf1", "idp", "idr", "precision", "recall", "count_acc", "log_like",

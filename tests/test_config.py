@@ -207,11 +207,13 @@ def test_checkpoint_that_does_not_match_the_config(compose_cfg, tmp_path):
     with pytest.raises(ConfigError, match="trained with grid.num_cell_h=8 but this config has 4"):
         check_config(compose_cfg(f"ckpt_path={path}"))
     # keys that only change how a trained network runs may differ, or be missing from older checkpoints
-    older = ("reverse_init", "backfill", "backfill_copy_iou", "pick_direction")
+    older = ("reverse_init", "backfill", "backfill_copy_iou", "pick_direction", "inference_duplicate_min_iou")
     torch.save({"hyper_parameters": {"model": {k: v for k, v in model.items() if k not in older}}}, path)
     assert check_config(compose_cfg(f"ckpt_path={path}", "model.reverse_init=true", "model.backfill=true",
                                     "model.backfill_copy_iou=0.9")) == str(path)
-    assert check_config(compose_cfg(f"ckpt_path={path}", "model.pick_direction=true")) == str(path)
+    assert check_config(compose_cfg(f"ckpt_path={path}", "model.pick_direction=true",
+                                    "model.inference_duplicate_min_iou=0.3", "model.skip_glimpse_below=0.1",
+                                    "model.train_skip_glimpse_below=0.02")) == str(path)
     # nor do the speed options, whose outputs are the same (a checkpoint trained without fixed slots, say)
     torch.save({"hyper_parameters": {"model": {**model, "fixed_slots": False, "checkpoint_decoder": True}}}, path)
     assert check_config(compose_cfg(f"ckpt_path={path}", "model.fixed_slots=auto")) == str(path)

@@ -210,12 +210,12 @@ def test_track_duplicate_iou_drops_the_later_copy_of_a_track():
     assert not prop._copies(win, torch.tensor([[0.0, 1.0, 1.0, 1.0]])).any()  # an absent object has no mask
 
 
-def _dedup_case(min_iou=0.0, ratio=None, copy_iou=0.0):
+def _dedup_case(min_iou=0.0, ratio=None, copy_iou=0.0, inference_min_iou=None):
     coder = BoxCoder(size_anc=0.2, var_s=0.05, ratio_anc=1.0, var_anc=0.5)  # windows hold boxes up to 0.35
     s = 16
     disc = Discovery(64, 4, 4, coder, s, window_size(*coder.max_scale, s, (64, 64)), max_num_obj=100,
                      reject_duplicates=True, duplicate_min_iou=min_iou, duplicate_ratio_threshold=ratio,
-                     duplicate_copy_iou=copy_iou)
+                     duplicate_copy_iou=copy_iou, inference_duplicate_min_iou=inference_min_iou)
     return disc, s
 
 
@@ -252,6 +252,20 @@ def test_duplicate_min_iou_keeps_an_object_inside_a_stronger_two_object_blob(min
     assert not dup[0, 0] and not dup[0, 3]
     assert bool(dup[0, 1]) is not kept  # IoU with the blob about 0.5: a duplicate only by coverage
     assert dup[0, 2]  # IoU with the object it copies near 1: a duplicate either way
+
+
+@pytest.mark.parametrize("inference_min_iou", [None, 0.6])
+def test_inference_duplicate_min_iou_acts_in_eval_mode_only(inference_min_iou):
+    """The blob case above: training keeps the union-coverage test; eval mode takes the pairwise one if set."""
+    disc, s = _dedup_case(0.0, inference_min_iou=inference_min_iou)
+    z_where = torch.tensor([[0.2, 0.1, -0.4, 0.0], [0.1, 0.1, -0.5, 0.0], [0.1, 0.1, -0.5, 0.02]])[None]
+    win, mask, area = _masks(disc, s, z_where)
+    full, strength = window_masks(win, mask, (64, 64)).float(), torch.tensor([[0.99, 0.9, 0.8]])
+    assert disc.training and disc._duplicates(win, mask, area, full, strength)[0].tolist() == [False, True, True]
+    disc.eval()
+    assert disc.pairwise_min_iou == (inference_min_iou or 0.0)
+    kept = inference_min_iou is not None  # the object inside the blob stays; its near copy goes either way
+    assert disc._duplicates(win, mask, area, full, strength)[0].tolist() == [False, not kept, True]
 
 
 @pytest.mark.parametrize("min_iou", [0.0, 0.2])
@@ -506,6 +520,8 @@ def test_importance_weighted_nll_is_finite():
     (dict(track_duplicate_iou=1.1), "track_duplicate_iou"),
     (dict(duplicate_ratio_threshold=0.0), "duplicate_ratio_threshold"),
     (dict(duplicate_copy_iou=1.5), "duplicate_copy_iou"),
+    (dict(inference_duplicate_min_iou=-0.1), "inference_duplicate_min_iou"),
+    (dict(inference_duplicate_min_iou="yes"), "inference_duplicate_min_iou"),
     (dict(skip_glimpse_below=-0.1), "skip_glimpse_below"),
     (dict(train_skip_glimpse_below=1.5), "train_skip_glimpse_below"),
     (dict(checkpoint_decoder="yes"), "checkpoint_decoder"),

@@ -95,7 +95,7 @@ class Discovery(nn.Module):
                  gen_disc_pres_probs: float = 0.1, kl_weight_pre_rejection: bool = True, z_what_dim: int = 64,
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  reject_min_iou: float = 0.0, duplicate_ratio_threshold: float | None = None,
-                 duplicate_copy_iou: float = 0.0):
+                 duplicate_copy_iou: float = 0.0, inference_duplicate_min_iou: float | None = None):
         super().__init__()
         self.proposal = ProposalNet(img_size, num_cell_h, num_cell_w)
         self.img_hw = (img_size, img_size)
@@ -111,6 +111,7 @@ class Discovery(nn.Module):
         self.center_range = center_range
         self.reject_duplicates = reject_duplicates
         self.duplicate_min_iou = duplicate_min_iou
+        self.inference_duplicate_min_iou = inference_duplicate_min_iou
         self.duplicate_copy_iou = duplicate_copy_iou
         self.duplicate_ratio_threshold = (explained_ratio_threshold if duplicate_ratio_threshold is None
                                           else duplicate_ratio_threshold)
@@ -121,6 +122,14 @@ class Discovery(nn.Module):
     @property
     def num_cells(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    @property
+    def pairwise_min_iou(self) -> float:
+        """The duplicate test's ``duplicate_min_iou`` in this mode: ``inference_duplicate_min_iou`` in eval mode
+        where set (validation, tests, tracking), ``duplicate_min_iou`` otherwise."""
+        if self.training or self.inference_duplicate_min_iou is None:
+            return self.duplicate_min_iou
+        return self.inference_duplicate_min_iou
 
     def decode_where(self, raw: Tensor) -> Tensor:
         """Raw (size, ratio, x, y) logits (B,K,4) -> boxes (sx, sy, tx, ty) (B,K,4)."""
@@ -141,12 +150,14 @@ class Discovery(nn.Module):
         duplicate_min_iou, so a copy (IoU near 1) goes while an object inside a stronger proposal that draws it and
         a neighbour (IoU about 0.5 or less) stays; this compares all K x K pairs of masks (one batched matmul).
         duplicate_copy_iou > 0: also a duplicate, whatever the share covered, when one stronger proposal's mask has
-        at least this IoU with it (a copy drawn with a wider mask; K x K as well).
+        at least this IoU with it (a copy drawn with a wider mask; K x K as well). In eval mode
+        ``inference_duplicate_min_iou`` stands for duplicate_min_iou where set (:attr:`pairwise_min_iou`).
         """
+        min_iou = self.pairwise_min_iou
         k = strength.shape[1]
         order = torch.sort(strength, dim=-1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(k, 0, -1, device=order.device).expand_as(order))
-        if self.duplicate_min_iou <= 0:  # rank: K for the strongest proposal, 1 for the weakest
+        if min_iou <= 0:  # rank: K for the strongest proposal, 1 for the weakest
             on = mask & (strength > 0)[..., None, None]
             top = scatter_windows_amax(win, torch.where(on, rank[..., None, None].to(win.data.dtype), 0.0),
                                        self.img_hw)
@@ -157,8 +168,8 @@ class Discovery(nn.Module):
                 return dup
         stronger = (rank[:, None, :] > rank[:, :, None]) & (strength > 0)[:, None, :]
         inter, iou = mask_overlaps(full, full)  # one K x K pass for both pairwise tests
-        if self.duplicate_min_iou > 0:
-            dup = (stronger & self._explained_by_one(inter, iou, area, self.duplicate_min_iou,
+        if min_iou > 0:
+            dup = (stronger & self._explained_by_one(inter, iou, area, min_iou,
                                                      self.duplicate_ratio_threshold)).any(-1)
         if self.duplicate_copy_iou > 0:
             dup = dup | (stronger & (iou >= self.duplicate_copy_iou) & (inter > 0)).any(-1)
@@ -236,7 +247,7 @@ class Discovery(nn.Module):
             mask = (win.data[:, :, 3] > 0.3) & win.valid  # (B, K, wh, ww)
             area = mask.flatten(2).sum(-1) + 1e-15
             pairwise = (reject and self.reject_min_iou > 0) or (
-                dedup and (self.duplicate_min_iou > 0 or self.duplicate_copy_iou > 0))
+                dedup and (self.pairwise_min_iou > 0 or self.duplicate_copy_iou > 0))
             full = window_masks(win, mask, self.img_hw).to(area.dtype) if pairwise else None  # (B, K, H*W)
         if reject and self.reject_min_iou > 0:
             inter, iou = mask_overlaps(full, prop_masks.to(area.dtype))

@@ -61,6 +61,7 @@ class SCALOR(nn.Module):
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                  duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
+                 inference_duplicate_min_iou: float | None = None,
                  reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
                  pick_direction: bool = False):
         super().__init__()
@@ -73,7 +74,8 @@ class SCALOR(nn.Module):
                              center_range=center_range, duplicate_min_iou=duplicate_min_iou,
                              reject_min_iou=reject_min_iou, track_duplicate_iou=track_duplicate_iou,
                              z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold,
-                             duplicate_copy_iou=duplicate_copy_iou, reverse_init=reverse_init,
+                             duplicate_copy_iou=duplicate_copy_iou,
+                             inference_duplicate_min_iou=inference_duplicate_min_iou, reverse_init=reverse_init,
                              pick_direction=pick_direction, skip_glimpse_below=skip_glimpse_below,
                              train_skip_glimpse_below=train_skip_glimpse_below,
                              checkpoint_decoder=checkpoint_decoder, checkpoint_encoder=checkpoint_encoder,
@@ -117,7 +119,8 @@ class SCALOR(nn.Module):
                                    z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates,
                                    duplicate_min_iou=duplicate_min_iou, reject_min_iou=reject_min_iou,
                                    duplicate_ratio_threshold=duplicate_ratio_threshold,
-                                   duplicate_copy_iou=duplicate_copy_iou)
+                                   duplicate_copy_iou=duplicate_copy_iou,
+                                   inference_duplicate_min_iou=inference_duplicate_min_iou)
         self.background = None if no_background else Background(img_size, bg_decoder)
         if channels_last:  # NHWC convolution weights: oneDNN/cuDNN pick their faster NHWC kernels (exact)
             for net in (self.glimpse_encoder, self.glimpse_decoder):
@@ -133,7 +136,8 @@ class SCALOR(nn.Module):
                         box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
                         reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
                         duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
-                        reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
+                        inference_duplicate_min_iou: float | None = None, reverse_init: bool = False,
+                        backfill: bool = False, backfill_copy_iou: float = 0.7,
                         pick_direction: bool = False, skip_glimpse_below: float = 0.0,
                         train_skip_glimpse_below: float = 0.0,
                         checkpoint_decoder: bool | str = "auto", checkpoint_encoder: bool | str = "auto",
@@ -170,6 +174,10 @@ class SCALOR(nn.Module):
                            ("track_duplicate_iou", track_duplicate_iou), ("duplicate_copy_iou", duplicate_copy_iou)):
             if not (0 <= value <= 1):
                 raise ConfigError(f"model.{key}={value} must be in [0, 1] (0: off).")
+        if inference_duplicate_min_iou is not None and (isinstance(inference_duplicate_min_iou, bool) or not isinstance(
+                inference_duplicate_min_iou, (int, float)) or not 0 <= inference_duplicate_min_iou <= 1):
+            raise ConfigError(f"model.inference_duplicate_min_iou={inference_duplicate_min_iou!r} must be in [0, 1] "
+                              "(0: the covered share alone) or null (model.duplicate_min_iou at inference as well).")
         if not (_pow2(img_size) and img_size >= 32):
             raise ConfigError(f"data.img_size={img_size} is not supported: use a power of two >= 32 (e.g. 64 or 128).")
         for key, g in (("num_cell_h", num_cell_h), ("num_cell_w", num_cell_w)):
