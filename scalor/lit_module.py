@@ -54,7 +54,7 @@ class SCALORLitModule(L.LightningModule):
                  optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
                  scheduler: Optional[Callable[..., Any]] = None, scheduler_interval: str = "step",
                  seed: int = 0, train_seq_len: Optional[int] = None,
-                 tracking_inference: str = "deterministic") -> None:
+                 tracking_inference: str = "deterministic", fit_val_pick_views: Optional[int] = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.model: SCALOR = _build(model, SCALOR)
@@ -67,6 +67,9 @@ class SCALORLitModule(L.LightningModule):
         if tracking_inference not in TRACKING_INFERENCE:
             raise ValueError(f"tracking_inference={tracking_inference} is unknown; use one of {TRACKING_INFERENCE}.")
         self.tracking_inference = tracking_inference
+        if fit_val_pick_views is not None:
+            SCALOR.validate_config(**{**dict(model or {}), "pick_views": fit_val_pick_views})
+        self.fit_val_pick_views = fit_val_pick_views
         self.mot = torch.nn.ModuleDict({"val": MOTMetrics(), "test": MOTMetrics()})
         self.counting = torch.nn.ModuleDict({"val": CountingMetrics(), "test": CountingMetrics()})
         self.errors = ErrorBreakdown()  # test only
@@ -140,9 +143,16 @@ class SCALORLitModule(L.LightningModule):
 
     def track(self, video: Tensor) -> SequenceOutput:
         """Tracks of video (B,T,3,H,W) as ``task=track`` infers them: posterior means, track-only (boxes, IDs,
-        presence; no compositing, background or likelihood). The model's own flag comes back after."""
-        with inference_mode(self.model, deterministic=True):
-            return self.model(video, self.schedule(), track_only=True)
+        presence; no compositing, background or likelihood). The model's own flags come back after."""
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        views = self.model.pick_views
+        if fitting and self.fit_val_pick_views is not None:
+            self.model.pick_views = self.fit_val_pick_views
+        try:
+            with inference_mode(self.model, deterministic=True):
+                return self.model(video, self.schedule(), track_only=True)
+        finally:
+            self.model.pick_views = views
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

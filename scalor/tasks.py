@@ -41,7 +41,7 @@ DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"
 # Model keys that only change how a trained network is run, not its weights (the five from fixed_slots: speed
 # options that give the same outputs; the last two: approximations that skip cells of low presence).
 RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic", "reverse_init", "backfill",
-                      "backfill_copy_iou", "pick_direction", "inference_duplicate_min_iou", "fixed_slots",
+                      "backfill_copy_iou", "pick_direction", "pick_views", "inference_duplicate_min_iou", "fixed_slots",
                       "checkpoint_decoder", "checkpoint_encoder", "channels_last", "compile", "skip_glimpse_below",
                       "train_skip_glimpse_below")
 # Where each model key is set from (for error messages).
@@ -192,6 +192,12 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     if resolved.get("tracking_inference", "deterministic") not in TRACKING_INFERENCE:
         raise ConfigError(f"tracking_inference={resolved.get('tracking_inference')} is unknown; use deterministic "
                           "(posterior means, as task=track) or sampled (the ELBO's posterior sample).")
+    fit_views = resolved.get("fit_val_pick_views")
+    if fit_views is not None:
+        try:
+            SCALOR.validate_config(**{**model, "pick_views": fit_views})
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("model.pick_views=", "fit_val_pick_views=")) from None
     _check_curriculum(resolved.get("curriculum") or {})
     _check_trainer(resolved["trainer"])
     _check_monitor(resolved.get("monitor") or {})
@@ -388,6 +394,7 @@ def build_module(cfg: DictConfig) -> SCALORLitModule:
         optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
         scheduler_interval=cfg.scheduler_interval, seed=cfg.seed, train_seq_len=cfg.get("train_seq_len"),
         tracking_inference=cfg.get("tracking_inference", "deterministic"),
+        fit_val_pick_views=cfg.get("fit_val_pick_views"),
     )
 
 

@@ -43,6 +43,7 @@ def test_default_is_the_quick_experiment_with_the_reference_optimiser_defaults(c
     easy = compose_cfg("experiment=dsprites_easy", tiny=False)  # training rejects duplicates until step 600 only
     assert easy.curriculum.reject_duplicates_until == 600 and easy.curriculum.remove_detach_step == 600
     assert easy.model.backfill and easy.model.pick_direction  # offline tracks: backfilled, the better direction
+    assert easy.model.pick_views == 8 and easy.fit_val_pick_views == 1  # ... of 8 views; fit: validation of one
 
 
 @pytest.mark.parametrize("grid", ["4x4", "8x8", "16x16"])
@@ -174,6 +175,8 @@ BAD = [
     (["model.backfill=1"], "model.backfill=1 must be true or false"),
     (["model.pick_direction=1"], "model.pick_direction=1 must be true or false"),
     (["model.pick_direction=true", "model.reverse_init=true"], "set one of them false"),
+    (["model.pick_views=3", "model.pick_direction=true"], "model.pick_views=3 must be one of 1, 2, 4, 8"),
+    (["model.pick_views=4"], "model.pick_views=4 needs model.pick_direction=true"),
     (["model.fixed_slots=always"], "model.fixed_slots='always' must be true, false or auto"),
     (["model.backfill_copy_iou=0"], "model.backfill_copy_iou=0 must be in (0, 1]"),
     (["tracking_inference=greedy"], "tracking_inference=greedy is unknown"),
@@ -207,11 +210,12 @@ def test_checkpoint_that_does_not_match_the_config(compose_cfg, tmp_path):
     with pytest.raises(ConfigError, match="trained with grid.num_cell_h=8 but this config has 4"):
         check_config(compose_cfg(f"ckpt_path={path}"))
     # keys that only change how a trained network runs may differ, or be missing from older checkpoints
-    older = ("reverse_init", "backfill", "backfill_copy_iou", "pick_direction", "inference_duplicate_min_iou")
+    older = ("reverse_init", "backfill", "backfill_copy_iou", "pick_direction", "pick_views",
+             "inference_duplicate_min_iou")
     torch.save({"hyper_parameters": {"model": {k: v for k, v in model.items() if k not in older}}}, path)
     assert check_config(compose_cfg(f"ckpt_path={path}", "model.reverse_init=true", "model.backfill=true",
                                     "model.backfill_copy_iou=0.9")) == str(path)
-    assert check_config(compose_cfg(f"ckpt_path={path}", "model.pick_direction=true",
+    assert check_config(compose_cfg(f"ckpt_path={path}", "model.pick_direction=true", "model.pick_views=8",
                                     "model.inference_duplicate_min_iou=0.3", "model.skip_glimpse_below=0.1",
                                     "model.train_skip_glimpse_below=0.02")) == str(path)
     # nor do the speed options, whose outputs are the same (a checkpoint trained without fixed slots, say)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import experiments
 from scalor.callbacks import AtomicCheckpointIO
-from scalor.errors import ScalorError
+from scalor.errors import ConfigError, ScalorError
 from scalor.model import SCALOR
 from scalor.resume import EpochRandomSampler, ResumableDataLoader, make_resumable, step_seed
 from scalor.tasks import build_module, run
@@ -233,6 +233,21 @@ def test_tracking_metrics_score_the_configured_inference(compose_cfg, mode):
     boxes, ids = seen[0]
     assert torch.equal(boxes, expected.boxes)
     assert torch.equal(ids, torch.where(expected.presence > 0.5, expected.ids, -1))
+
+
+def test_fit_validation_views_apply_inside_fit_only(compose_cfg, monkeypatch):
+    """fit_val_pick_views sets the model's pick_views for the validations of task=fit; the test after the fit and
+    trainer.validate track with the model's own, which comes back after each validation batch."""
+    seen = []
+    real = SCALOR.track_picked
+    monkeypatch.setattr(SCALOR, "track_picked", lambda self, *a: seen.append(self.pick_views) or real(self, *a))
+    cfg = compose_cfg("trainer.max_steps=1", "trainer.val_check_interval=1", "trainer.check_val_every_n_epoch=null",
+                      "model.pick_direction=true", "model.pick_views=2",
+                      "fit_val_pick_views=1", "test_after_fit=true", "model.max_num_obj=4")
+    run(cfg)
+    assert seen == [1, 2]  # one validation batch in the fit, one test batch (2 sequences each)
+    with pytest.raises(ConfigError, match="fit_val_pick_views=4 needs model.pick_direction=true"):
+        run(compose_cfg("fit_val_pick_views=4"))
 
 
 def test_wandb_offline_run_is_finished(compose_cfg, tmp_path):

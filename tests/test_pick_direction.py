@@ -10,6 +10,7 @@ from scalor.errors import ConfigError
 from scalor.inference import track_video
 from scalor.model import SCALOR, Schedule
 from scalor.model.backfill import TrackTable
+from scalor.model.views import VIEW_COUNTS, unview_boxes, view
 
 torch.set_num_threads(1)
 
@@ -151,3 +152,63 @@ def test_streaming_tracks_forwards_and_keeps_the_setting(tmp_path, monkeypatch):
     frames = (np.random.default_rng(t).random((3, 64, 64), dtype=np.float32) for t in range(6))
     summary = track_video(m, frames, tmp_path, window=3)
     assert summary["frames"] == 6 and not seen and m.pick_direction
+
+
+def pixel_box(image):
+    """Normalised (x1, y1, x2, y2) of the non-zero pixels of image (H, W)."""
+    rows, cols = torch.nonzero(image, as_tuple=True)
+    h, w = image.shape
+    return torch.tensor([cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h])
+
+
+@pytest.mark.parametrize("k", range(8))
+def test_views_map_boxes_back_to_the_frame(k):
+    """A box found in view k, mapped back, is the box of the same pixels in the frames as they are; the eight
+    views of an asymmetric image are all different."""
+    image = torch.zeros(2, 3, 32, 32)
+    image[1, :, 3:9, 20:30] = 1.0  # an off-centre, non-square rectangle
+    seen = view(image, k)
+    torch.testing.assert_close(unview_boxes(pixel_box(seen[1, 0]), k), pixel_box(image[1, 0]))
+    assert seen.shape == image.shape and not torch.equal(seen, view(image, (k + 1) % 8))
+    assert view(image, 0) is image and VIEW_COUNTS == (1, 2, 4, 8)
+
+
+def test_model_pick_over_views_matches_the_chosen_pass():
+    """Untrained model, real passes, pick_views=8: every sequence reports the tracks of the one of the 16 passes
+    (8 views x 2 directions) with the lowest negative ELBO, boxes mapped back to the frames as they are."""
+    torch.manual_seed(0)
+    m = SCALOR(**TINY).eval()
+    with torch.no_grad():
+        m.discovery.proposal.pres_head[-1].bias.fill_(0.5)
+    video = torch.rand(4, 4, 3, 64, 64)
+    passes = []  # (negative ELBO (B,), TrackTable in the frames' time and space)
+    with torch.no_grad():
+        ahead = m(video, Schedule())
+        for k in range(8):
+            for backwards in (False, True):
+                frames = view(video, k).flip(1) if backwards else view(video, k)
+                full = m(frames, Schedule())
+                only = m(frames, Schedule(), track_only=True)
+                tab = TrackTable.from_slots(only.boxes, only.ids, only.presence)
+                tab = tab.flip() if backwards else tab
+                passes.append((full.neg_elbo, TrackTable(tab.ids, unview_boxes(tab.boxes, k), tab.presence)))
+        m.pick_direction, m.pick_views = True, 8
+        out = m(video, Schedule(), track_only=True)
+    got = TrackTable.from_slots(out.boxes, out.ids, out.presence)
+    chosen = torch.stack([e for e, _ in passes]).argmin(0)  # first of equals, as the model breaks ties
+    assert set(chosen.tolist()) - {0, 1}, "some sequence should be taken from a mirrored or transposed view"
+    rows = lambda tab, s: sorted((int(i), t, *[round(v, 4) for v in tab.boxes[s, r, t].tolist()])  # noqa: E731
+                                 for r, i in enumerate(tab.ids.tolist()) for t in range(4) if tab.reported[s, r, t])
+    for s in range(4):
+        assert rows(got, s) == rows(passes[int(chosen[s])][1], s)
+    torch.testing.assert_close(out.log_like, ahead.log_like)  # the loss terms: the frames as they are, forwards
+
+
+def test_pick_views_config_checks():
+    for bad in (3, 0, True, "8"):
+        with pytest.raises(ConfigError, match="pick_views"):
+            SCALOR.validate_config(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, pick_direction=True,
+                                   pick_views=bad)
+    with pytest.raises(ConfigError, match="pick_views=4 needs model.pick_direction=true"):
+        SCALOR.validate_config(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, pick_views=4)
+    SCALOR.validate_config(img_size=64, num_cell_h=4, num_cell_w=2, glimpse_size=16, pick_direction=True, pick_views=8)

@@ -21,6 +21,7 @@ from .propagation import Propagation, PropagationStep
 from .render import (BoxCoder, Windows, boxes_to_xyxy, extract, gather_windows, mask_boxes, scatter_windows, scatter_windows_amax,
                      presence_masks, window_size)
 from .state import Carry, ObjectState, SequenceOutput
+from .views import VIEW_COUNTS, unview_boxes, view
 
 GLIMPSE_SIZES = (16, 32, 64)
 CHECKPOINT_FROM = 32  # checkpoint_decoder/encoder=auto: recompute the glimpse networks from this glimpse size on
@@ -63,7 +64,7 @@ class SCALOR(nn.Module):
                  duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
                  inference_duplicate_min_iou: float | None = None,
                  reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
-                 pick_direction: bool = False):
+                 pick_direction: bool = False, pick_views: int = 1):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
@@ -76,8 +77,8 @@ class SCALOR(nn.Module):
                              z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold,
                              duplicate_copy_iou=duplicate_copy_iou,
                              inference_duplicate_min_iou=inference_duplicate_min_iou, reverse_init=reverse_init,
-                             pick_direction=pick_direction, skip_glimpse_below=skip_glimpse_below,
-                             train_skip_glimpse_below=train_skip_glimpse_below,
+                             pick_direction=pick_direction, pick_views=pick_views,
+                             skip_glimpse_below=skip_glimpse_below, train_skip_glimpse_below=train_skip_glimpse_below,
                              checkpoint_decoder=checkpoint_decoder, checkpoint_encoder=checkpoint_encoder,
                              fixed_slots=fixed_slots)
         self.img_hw = (img_size, img_size)
@@ -106,6 +107,7 @@ class SCALOR(nn.Module):
         self.backfill = backfill
         self.backfill_copy_iou = backfill_copy_iou
         self.pick_direction = pick_direction
+        self.pick_views = pick_views
         boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
         self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
 
@@ -138,7 +140,7 @@ class SCALOR(nn.Module):
                         duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
                         inference_duplicate_min_iou: float | None = None, reverse_init: bool = False,
                         backfill: bool = False, backfill_copy_iou: float = 0.7,
-                        pick_direction: bool = False, skip_glimpse_below: float = 0.0,
+                        pick_direction: bool = False, pick_views: int = 1, skip_glimpse_below: float = 0.0,
                         train_skip_glimpse_below: float = 0.0,
                         checkpoint_decoder: bool | str = "auto", checkpoint_encoder: bool | str = "auto",
                         fixed_slots: bool | str = "auto", **_ignored) -> None:
@@ -159,6 +161,12 @@ class SCALOR(nn.Module):
                            ("pick_direction", pick_direction)):
             if not isinstance(value, bool):
                 raise ConfigError(f"model.{key}={value!r} must be true or false.")
+        if isinstance(pick_views, bool) or pick_views not in VIEW_COUNTS:
+            raise ConfigError(f"model.pick_views={pick_views!r} must be one of {', '.join(map(str, VIEW_COUNTS))} "
+                              "(1: the frames as they are; 8: all eight flips and transposes).")
+        if pick_views > 1 and not pick_direction:
+            raise ConfigError(f"model.pick_views={pick_views} needs model.pick_direction=true (each view is tracked "
+                              "in both directions and the ELBO picks among them); set it, or model.pick_views=1.")
         if reverse_init and pick_direction:
             raise ConfigError("model.reverse_init=true and model.pick_direction=true are two ways of using a backward "
                               "pass; set one of them false.")
@@ -406,27 +414,39 @@ class SCALOR(nn.Module):
         return replace(out, boxes=boxes, ids=ids, presence=presence, counts=out.counts + extended.sum(1))
 
     def track_picked(self, video: Tensor, schedule: Schedule) -> SequenceOutput:
-        """Tracks of whole sequences video (B,T,3,H,W) by the better of two directions (``pick_direction``;
+        """Tracks of whole sequences video (B,T,3,H,W) by the best of 2 x ``pick_views`` passes (``pick_direction``;
         offline tracking).
 
-        The frames are explained twice, by a pass in order and by a pass in reverse order (full passes, so that
-        each has its ELBO; with ``backfill`` each pass's tracks are backfilled from the other's). Two objects
-        that touch where a pass starts are often taken as one object until they part; a pass from the other
-        end meets them apart and holds them as two, and drawing them as two explains the frames better. Each
-        sequence reports the tracks of the pass with the lower negative ELBO (ties: the forward one). IDs are the
-        chosen pass's own; the loss terms, recon and carry are the forward pass's.
+        The frames are explained by a pass in order and by a pass in reverse order (full passes, so that each
+        has its ELBO; with ``backfill`` each pass's tracks are backfilled from the other's). Two objects that
+        touch where a pass starts are often taken as one object until they part; a pass from the other end
+        meets them apart and holds them as two, and drawing them as two explains the frames better. With
+        ``pick_views`` > 1 the same is done for mirrored and transposed copies of the frames (:mod:`.views`),
+        where the grid cells fall differently on the objects, and their boxes are mapped back. Each sequence
+        reports the tracks of the pass with the lowest negative ELBO (ties: the earlier pass, the forward pass
+        of the frames as they are first). IDs are the chosen pass's own; the loss terms, recon and carry are
+        the forward pass's of the frames as they are.
         """
-        ahead = self._run(video, schedule)
-        behind = self._run(video.flip(1), schedule)
-        fwd = TrackTable.from_slots(ahead.boxes, ahead.ids, ahead.presence)
-        bwd = TrackTable.from_slots(behind.boxes, behind.ids, behind.presence).flip()
-        if self.backfill:  # each from the other pass as it was tracked, not as backfilled
-            filled_fwd = backfill(fwd, bwd, copy_iou=self.backfill_copy_iou)[0]
-            filled_bwd = backfill(bwd.flip(), fwd.flip(), copy_iou=self.backfill_copy_iou)[0].flip()
-            fwd, bwd = filled_fwd, filled_bwd
-        table = TrackTable.choose(fwd, bwd, behind.neg_elbo < ahead.neg_elbo)
+        first, table, best = None, None, None
+        for k in range(self.pick_views):
+            frames = view(video, k)
+            ahead = self._run(frames, schedule)
+            behind = self._run(frames.flip(1), schedule)
+            fwd = TrackTable.from_slots(ahead.boxes, ahead.ids, ahead.presence)
+            bwd = TrackTable.from_slots(behind.boxes, behind.ids, behind.presence).flip()
+            if self.backfill:  # each from the other pass as it was tracked, not as backfilled
+                filled_fwd = backfill(fwd, bwd, copy_iou=self.backfill_copy_iou)[0]
+                filled_bwd = backfill(bwd.flip(), fwd.flip(), copy_iou=self.backfill_copy_iou)[0].flip()
+                fwd, bwd = filled_fwd, filled_bwd
+            for tracks, neg_elbo in ((fwd, ahead.neg_elbo), (bwd, behind.neg_elbo)):
+                tracks = TrackTable(tracks.ids, unview_boxes(tracks.boxes, k), tracks.presence)
+                if table is None:
+                    first, table, best = ahead, tracks, neg_elbo
+                    continue
+                take = neg_elbo < best
+                table, best = TrackTable.choose(table, tracks, take), torch.where(take, neg_elbo, best)
         boxes, ids, presence = table.to_slots()
-        return replace(ahead, boxes=boxes, ids=ids, presence=presence, counts=table.reported.sum(1))
+        return replace(first, boxes=boxes, ids=ids, presence=presence, counts=table.reported.sum(1))
 
     def _run(self, video: Tensor, schedule: Schedule, carry: Carry | None = None, observe_frames: int | None = None,
              visuals: bool = False, log_imp: bool = False, track_only: bool = False) -> SequenceOutput:
