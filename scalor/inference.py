@@ -51,18 +51,21 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 @contextmanager
-def inference_mode(model: SCALOR, deterministic: bool | None):
-    """Eval mode, no gradients and (optionally) a deterministic flag; the model's settings come back after."""
-    was_training, was_det = model.training, model.deterministic
+def inference_mode(model: SCALOR, deterministic: bool | None, pick_views: int | None = None):
+    """Eval mode, no gradients and (optionally) a deterministic flag and a number of views (``pick_views``); the
+    model's settings come back after."""
+    was_training, was_det, was_views = model.training, model.deterministic, model.pick_views
     model.eval()
     if deterministic is not None:
         model.deterministic = bool(deterministic)
+    if pick_views is not None:
+        model.pick_views = int(pick_views)
     try:
         with torch.no_grad():
             yield model
     finally:
         model.train(was_training)
-        model.deterministic = was_det
+        model.deterministic, model.pick_views = was_det, was_views
 
 
 @contextmanager

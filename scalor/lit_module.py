@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from scalor.errors import ConfigError
 from scalor.inference import inference_mode
 from scalor.metrics import CountingMetrics, ErrorBreakdown, MOTMetrics
 from scalor.model import PRESENCE_THRESHOLD, SCALOR, SequenceOutput
@@ -27,6 +28,17 @@ def _build(spec: Mapping | None, default: Callable[..., Any]) -> Any:
     if "_target_" in spec:
         return hydra.utils.instantiate(spec, _convert_="all")
     return default(**spec)
+
+
+def check_fit_val_pick_views(model: Mapping, views: Optional[int]) -> None:
+    """Raise ConfigError, naming ``fit_val_pick_views``, where the model config cannot track with that many views
+    (None: the model's own ``pick_views``)."""
+    if views is None:
+        return
+    try:
+        SCALOR.validate_config(**{**dict(model), "pick_views": views})
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("model.pick_views=", "fit_val_pick_views=")) from None
 
 
 class SCALORLitModule(L.LightningModule):
@@ -67,8 +79,7 @@ class SCALORLitModule(L.LightningModule):
         if tracking_inference not in TRACKING_INFERENCE:
             raise ValueError(f"tracking_inference={tracking_inference} is unknown; use one of {TRACKING_INFERENCE}.")
         self.tracking_inference = tracking_inference
-        if fit_val_pick_views is not None:
-            SCALOR.validate_config(**{**dict(model or {}), "pick_views": fit_val_pick_views})
+        check_fit_val_pick_views(model or {}, fit_val_pick_views)
         self.fit_val_pick_views = fit_val_pick_views
         self.mot = torch.nn.ModuleDict({"val": MOTMetrics(), "test": MOTMetrics()})
         self.counting = torch.nn.ModuleDict({"val": CountingMetrics(), "test": CountingMetrics()})
@@ -145,14 +156,9 @@ class SCALORLitModule(L.LightningModule):
         """Tracks of video (B,T,3,H,W) as ``task=track`` infers them: posterior means, track-only (boxes, IDs,
         presence; no compositing, background or likelihood). The model's own flags come back after."""
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
-        views = self.model.pick_views
-        if fitting and self.fit_val_pick_views is not None:
-            self.model.pick_views = self.fit_val_pick_views
-        try:
-            with inference_mode(self.model, deterministic=True):
-                return self.model(video, self.schedule(), track_only=True)
-        finally:
-            self.model.pick_views = views
+        views = self.fit_val_pick_views if fitting else None
+        with inference_mode(self.model, deterministic=True, pick_views=views):
+            return self.model(video, self.schedule(), track_only=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

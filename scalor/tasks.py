@@ -29,7 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from scalor.callbacks import AtomicCheckpointIO
 from scalor.errors import ConfigError, ScalorError
 from scalor.launch import use_job_command_for_ddp_workers
-from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule
+from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule, check_fit_val_pick_views
 from scalor.model import SCALOR
 from scalor.resume import resumable_train_loader
 from scalor.schedules import Curriculum
@@ -192,12 +192,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     if resolved.get("tracking_inference", "deterministic") not in TRACKING_INFERENCE:
         raise ConfigError(f"tracking_inference={resolved.get('tracking_inference')} is unknown; use deterministic "
                           "(posterior means, as task=track) or sampled (the ELBO's posterior sample).")
-    fit_views = resolved.get("fit_val_pick_views")
-    if fit_views is not None:
-        try:
-            SCALOR.validate_config(**{**model, "pick_views": fit_views})
-        except ConfigError as err:
-            raise ConfigError(str(err).replace("model.pick_views=", "fit_val_pick_views=")) from None
+    check_fit_val_pick_views(model, resolved.get("fit_val_pick_views"))
     _check_curriculum(resolved.get("curriculum") or {})
     _check_trainer(resolved["trainer"])
     _check_monitor(resolved.get("monitor") or {})
