@@ -91,8 +91,12 @@ class SCALORLitModule(L.LightningModule):
     def schedule(self) -> Schedule:
         """The curriculum's values for the coming optimiser step; when testing or generating, those of the
         step the loaded checkpoint was trained to."""
-        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
-        return self.curriculum.at(self.global_step if fitting else max(self.global_step, self._ckpt_step))
+        return self.curriculum.at(self.global_step if self._fitting else max(self.global_step, self._ckpt_step))
+
+    @property
+    def _fitting(self) -> bool:
+        """Whether the attached trainer is running ``fit`` (its validations included)."""
+        return self._trainer is not None and self._trainer.state.fn == "fit"
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._ckpt_step = int(checkpoint.get("global_step", 0))
@@ -155,8 +159,7 @@ class SCALORLitModule(L.LightningModule):
     def track(self, video: Tensor) -> SequenceOutput:
         """Tracks of video (B,T,3,H,W) as ``task=track`` infers them: posterior means, track-only (boxes, IDs,
         presence; no compositing, background or likelihood). The model's own flags come back after."""
-        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
-        views = self.fit_val_pick_views if fitting else None
+        views = self.fit_val_pick_views if self._fitting else None
         with inference_mode(self.model, deterministic=True, pick_views=views):
             return self.model(video, self.schedule(), track_only=True)
 
