@@ -13,6 +13,9 @@ import sys
 # Idle OpenMP threads sleep instead of spinning: on a busy or shared CPU spinning threads slow training
 # tens of times. Set before torch is imported; an explicit OMP_WAIT_POLICY wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# wandb's own banner and notices stay off the console (the run's summary names its wandb folder); WANDB_SILENT=false
+# brings them back.
+os.environ.setdefault("WANDB_SILENT", "true")
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -54,7 +57,21 @@ def main(cfg: DictConfig) -> float | None:
     return value
 
 
+def check_group_deletions(argv: list[str]) -> None:
+    """``group=null`` is not how Hydra drops a default config group (it fails with a traceback): say what is."""
+    conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
+    for arg in argv:
+        group, _, value = arg.partition("=")
+        if value in ("null", "None") and group.isidentifier() \
+                and os.path.isdir(os.path.join(conf, group)):
+            named = " (the run is then named after its data group)" if group == "experiment" else ""
+            print(f"error: {arg} is not how a config group is dropped; write '~{group}'{named}.", file=sys.stderr,
+                  flush=True)
+            sys.exit(2)
+
+
 if __name__ == "__main__":
+    check_group_deletions(sys.argv[1:])
     main()
     if JOBS["failed"]:
         failed = ", ".join(str(n) for n in JOBS["failed"])

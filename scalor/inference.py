@@ -2,9 +2,10 @@
 
 ``track_video`` reads frames window by window and carries the model's state (objects, IDs, ConvLSTM and
 background state) from one window to the next, so memory depends on the window, not on the video's length;
-it writes ``tracks.txt`` (MOTChallenge) and ``tracks.mp4`` as it goes. ``generate_videos`` infers the first
-``observe_frames`` frames of each sequence and imagines the rest from the priors. ``load_model`` rebuilds a
-SCALOR from a Lightning checkpoint of ``SCALORLitModule``.
+it writes ``tracks.txt`` (MOTChallenge) and ``tracks.mp4`` as it goes, in the footage's own pixels and frame
+numbers when given a ``FrameFit``. ``generate_videos`` infers the first ``observe_frames`` frames of each sequence
+and imagines the rest from the priors. ``load_model`` rebuilds a SCALOR from a Lightning checkpoint of
+``SCALORLitModule``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -30,6 +31,9 @@ from scalor.model import PRESENCE_THRESHOLD, SCALOR
 from scalor.schedules import Curriculum, Schedule
 from scalor.viz import (VideoWriter, draw_boxes, draw_trails, make_grid, mark_generated, mot_rows, to_uint8_hwc,
                         write_mot_txt)
+
+if TYPE_CHECKING:  # not at run time: the data modules import Lightning, which scalor.bench keeps out
+    from scalor.datamodules.video import FrameFit
 
 __all__ = ["PRESENCE_THRESHOLD", "generate_videos", "inference_schedule", "load_model", "track_video"]
 
@@ -110,6 +114,18 @@ def _check_frame(frame: Any, index: int, img_hw: tuple[int, int]) -> np.ndarray:
     return f
 
 
+def _check_footage(frame: Any, number: int, size: tuple[int, int] | None) -> np.ndarray:
+    """One footage frame -> RGB uint8 (h, w, 3) array of the footage's size ``size`` (None: any), or a DataError."""
+    f = np.asarray(frame)
+    if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
+        raise DataError(f"footage frame {number} is {f.dtype} {f.shape}; pass RGB uint8 (h, w, 3) frames, as "
+                        "scalor.datamodules.video.footage_frames reads them.")
+    if size is not None and f.shape[:2] != size:
+        raise DataError(f"footage frame {number} is {f.shape[1]}x{f.shape[0]} px but the footage began at "
+                        f"{size[1]}x{size[0]}; tracks.mp4 has one frame size: give every image the same size.")
+    return f
+
+
 def _windows(frames: Iterable, size: int) -> Iterator[list]:
     """Consecutive lists of at most ``size`` items, pulled from ``frames`` only when needed."""
     it = iter(frames)
@@ -123,22 +139,30 @@ def _windows(frames: Iterable, size: int) -> Iterator[list]:
 # ---------------------------------------------------------------------------------------------- tracking
 def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.PathLike, window: int = 10,
                 fps: float = 10.0, trail: int = 8, device: str | torch.device | None = "cpu",
-                schedule: Schedule | None = None, upscale: int | None = None) -> dict[str, Any]:
-    """Track objects through a stream of frames (3, H, W) float32 in [0, 1]; write tracks.txt and tracks.mp4.
+                schedule: Schedule | None = None, upscale: int | None = None,
+                fit: FrameFit | None = None) -> dict[str, Any]:
+    """Track objects through a stream of frames; write tracks.txt and tracks.mp4.
+
+    ``fit`` None: frames are the model's input, float32 (3, S, S) in [0, 1] (S = the model's image size), and the
+    outputs are in its pixels, frames numbered 1, 2, ... . With a :class:`~scalor.datamodules.video.FrameFit`
+    (``fit.img_size`` = S): frames are the footage's own, RGB uint8 (h, w, 3) of one size, each fitted to the model
+    by ``fit.model_input``, and the outputs are in the footage's pixels (boxes clipped to it) and frame numbers
+    (``fit.frame_number``).
 
     Frames are read ``window`` at a time; the model runs in eval mode, deterministically (posterior means),
     without gradients, and its ``carry`` continues each window where the previous one ended, so object IDs
     persist over the whole video and memory does not grow with its length (``pick_direction`` is off here:
     :func:`streaming`). Every processed frame is written at once: ``tracks.txt`` gets MOTChallenge lines
-    ``frame,id,x,y,w,h,conf,-1,-1,-1`` (1-based frame, pixels of the model's input, conf = presence) for
-    objects with presence > 0.5; ``tracks.mp4`` shows the frames (enlarged ``upscale`` times; None: to >= 256
-    px) with their boxes and the last ``trail`` box centres in ID colours. ``device`` moves the model there
-    (None: leave it where it is); ``schedule`` defaults to :func:`inference_schedule`. The model's
-    train/deterministic settings are restored afterwards.
+    ``frame,id,x,y,w,h,conf,-1,-1,-1`` (conf = presence) for objects with presence > 0.5; ``tracks.mp4`` shows
+    the frames with their boxes and the last ``trail`` box centres in ID colours (and, for a crop, the outline of
+    the tracked square). ``upscale`` enlarges the video's frames that many times (None: model input to >= 256 px,
+    footage as it is). ``device`` moves the model there (None: leave it where it is); ``schedule`` defaults to
+    :func:`inference_schedule`. The model's train/deterministic settings are restored afterwards.
 
-    Returns ``frames`` (count), ``num_ids`` and ``ids`` (distinct IDs written), ``detections`` (lines written),
-    ``max_objects`` (most objects in one frame), ``tracks_txt`` and ``tracks_mp4`` (paths as str), ``seconds``,
-    ``frames_per_s`` (everything included) and ``model_frames_per_s`` (the model alone).
+    Returns ``frames`` (count), ``footage_hw`` (h, w of the frames the tracks are in), ``num_ids`` and ``ids``
+    (distinct IDs written), ``detections`` (lines written), ``max_objects`` (most objects in one frame),
+    ``tracks_txt`` and ``tracks_mp4`` (paths as str), ``seconds``, ``frames_per_s`` (everything included) and
+    ``model_frames_per_s`` (the model alone).
     """
     if int(window) < 1:
         raise ConfigError(f"window={window} must be at least 1 frame.")
@@ -146,6 +170,10 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
         raise ConfigError(f"trail={trail} must be at least 1 frame.")
     if not float(fps) > 0:
         raise ConfigError(f"fps={fps} must be > 0.")
+    img_hw = tuple(model.img_hw)
+    if fit is not None and int(fit.img_size) != img_hw[0]:
+        raise ConfigError(f"fit.img_size={fit.img_size} but the model takes {img_hw[0]} px frames; fit the footage "
+                          f"to img_size={img_hw[0]}.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     txt, mp4 = out_dir / "tracks.txt", out_dir / "tracks.mp4"
@@ -154,47 +182,55 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
         model.to(device)
     dev = _device_of(model)
     schedule = schedule or inference_schedule()
-    img_hw = tuple(model.img_hw)
-    scale = _upscale_factor(*img_hw, upscale)
-    history: deque = deque(maxlen=int(trail))
+    history: deque = deque(maxlen=int(trail))  # (boxes normalised to the written frame, ids) per frame
     ids_seen: set[int] = set()
     n_frames = n_rows = max_objects = 0
+    footage_hw = None if fit is not None else img_hw
     model_s = 0.0
     carry = None
     start = time.perf_counter()
     with inference_mode(model, deterministic=True), streaming(model), VideoWriter(mp4, fps) as writer:
         for chunk in _windows(frames, int(window)):
-            clip = np.stack([_check_frame(f, n_frames + i, img_hw) for i, f in enumerate(chunk)])
-            video = torch.from_numpy(clip).to(dev)[None]  # (1, T, 3, H, W)
+            numbers = [n_frames + i + 1 if fit is None else fit.frame_number(n_frames + i) for i in range(len(chunk))]
+            if fit is None:
+                clip = np.stack([_check_frame(f, n - 1, img_hw) for f, n in zip(chunk, numbers)])
+                pictures = to_uint8_hwc(clip)  # (T, S, S, 3)
+            else:
+                footage_hw = footage_hw or np.shape(chunk[0])[:2]  # the first frame's size
+                pictures = [_check_footage(f, n, footage_hw) for f, n in zip(chunk, numbers)]
+                clip = np.stack([fit.model_input(p, f"footage frame {n}") for p, n in zip(pictures, numbers)])
+            height, width = footage_hw
+            video = torch.from_numpy(clip).to(dev)[None]  # (1, T, 3, S, S)
             t0 = time.perf_counter()
             out = model(video, schedule, carry=carry, track_only=True)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             model_s += time.perf_counter() - t0
             carry = out.carry
-            boxes = out.boxes[0].float().cpu().numpy()  # (T, N, 4)
+            boxes = out.boxes[0].float().cpu().numpy()  # (T, N, 4) normalised to the model's input
+            if fit is not None:  # normalised to the footage frame
+                boxes = fit.to_footage(boxes, height, width) / np.array([width, height, width, height])
             pres = out.presence[0].float().cpu().numpy()  # (T, N)
             ids = out.ids[0].cpu().numpy()  # (T, N)
             ids = np.where(pres > PRESENCE_THRESHOLD, ids, -1)
             rows = []
-            for t in range(len(chunk)):
+            for t, number in enumerate(numbers):
                 keep = ids[t] >= 0
-                rows += mot_rows(n_frames + t, boxes[t][keep], ids[t][keep], img_hw[1], img_hw[0], pres[t][keep])
+                rows += mot_rows(number - 1, boxes[t][keep], ids[t][keep], width, height, pres[t][keep])
                 ids_seen.update(ids[t][keep].tolist())
                 max_objects = max(max_objects, int(keep.sum()))
                 history.append((boxes[t][keep], ids[t][keep]))
-                img = _enlarge(to_uint8_hwc(clip[t]), scale)
-                img = draw_trails(img, history, thickness=max(1, scale // 2))
-                writer.write(draw_boxes(img, boxes[t][keep], ids[t][keep], thickness=max(1, scale // 2)))
+                writer.write(_draw_frame(pictures[t], history, fit, upscale))
             n_rows += write_mot_txt(txt, rows, append=True)
             n_frames += len(chunk)
-            del out, video, clip
+            del out, video, clip, pictures
     if n_frames == 0:
         mp4.unlink(missing_ok=True)
         raise DataError("the video has no frames to track; check data.path and data.frame_skip.")
     seconds = time.perf_counter() - start
     return {
         "frames": n_frames,
+        "footage_hw": tuple(int(v) for v in footage_hw),
         "num_ids": len(ids_seen),
         "ids": sorted(ids_seen),
         "detections": n_rows,
@@ -205,6 +241,22 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
         "frames_per_s": n_frames / max(seconds, 1e-9),
         "model_frames_per_s": n_frames / max(model_s, 1e-9),
     }
+
+
+def _draw_frame(picture: np.ndarray, history: deque, fit: FrameFit | None, upscale: int | None) -> np.ndarray:
+    """One frame of tracks.mp4: picture uint8 (h, w, 3) enlarged ``upscale`` times (None: model input to >= 256 px,
+    footage as it is), the trails and boxes of ``history`` (its last entry is this frame's), for a crop the
+    outline of the tracked square."""
+    h, w = picture.shape[:2]
+    scale = _upscale_factor(h, w, upscale) if fit is None or upscale is not None else 1
+    img = _enlarge(picture, scale)
+    thickness = max(1, scale // 2, min(img.shape[:2]) // 256)
+    img = draw_trails(img, history, thickness=thickness)  # a new array: the picture stays as it was
+    if fit is not None and fit.resize == "crop":
+        left, top, side_w, side_h = (v * scale for v in fit.region(h, w))
+        cv2.rectangle(img, (left, top), (left + side_w - 1, top + side_h - 1), (255, 255, 255), thickness)
+    boxes, ids = history[-1]
+    return draw_boxes(img, boxes, ids, thickness=thickness)
 
 
 # ---------------------------------------------------------------------------------------------- generation

@@ -7,7 +7,9 @@ Resolvers (registered when ``scalor`` is imported, so before Hydra builds a swee
   argument ``true`` for submitit's local executor, where ``devices=auto`` means every GPU of this machine);
 - ``${scalor.direction:${monitor.metric},${monitor.mode},${data._target_}}``: ``maximize`` / ``minimize`` for
   Optuna, the same choice ``run()`` makes (val/mota, max, where the data has ground truth, else val/neg_elbo, min);
-- ``${scalor.wandb_mode:}``: ``WANDB_MODE`` if set, else ``online`` inside a wandb sweep agent, else ``offline``.
+- ``${scalor.wandb_mode:}``: ``WANDB_MODE`` if set, else ``online`` inside a wandb sweep agent, else ``offline``;
+- ``${scalor.run_name:...}``: the run's name (``name``: output folders, wandb, ``ckpt_path=last``), see
+  :func:`run_name`.
 
 DDP: Lightning starts the other local ranks by running the script again with ``sys.argv``. In a multirun that
 would start a whole new sweep in every worker (and under submitit ``sys.argv`` is not even ``run.py``), so
@@ -17,6 +19,7 @@ in the job's folder, in run mode.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -83,12 +86,50 @@ def wandb_mode() -> str:
     return "online" if os.environ.get("WANDB_SWEEP_ID") else "offline"
 
 
+def run_name(experiment: Any, data: Any, overrides: Any, task: Any = "fit", ckpt_path: Any = None) -> str:
+    """The run's name: the experiment, or the data group where there is none (``~experiment``) or where the
+    command line chose the data but not the experiment (``python run.py data=video ...`` is named ``video``, not
+    after the default experiment, and ``task=track ckpt_path=last data=video ...`` finds its newest checkpoint);
+    ``task=track`` of a checkpoint file: the experiment that checkpoint was trained in."""
+    if str(task) == "track" and ckpt_path not in (None, "", "last") and Path(str(ckpt_path)).is_file():
+        saved = checkpoint_experiment(str(ckpt_path))
+        if saved:
+            return saved
+    chosen = [str(o).lstrip("+~").split("=")[0] for o in (overrides or ())]
+    if experiment in (None, "None", "null") or ("data" in chosen and "experiment" not in chosen):
+        return str(data)
+    return str(experiment)
+
+
+@functools.lru_cache(maxsize=8)
+def _saved_experiment(path: str, mtime_ns: int) -> str | None:
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the task's own checks
+        return None
+    name = (ckpt.get("hyper_parameters") or {}).get("experiment")
+    if name:
+        return str(name)
+    run = Path(path).parent.parent  # older checkpoints: <output_root>/<name>/<run>/checkpoints/<file>.ckpt
+    if Path(path).parent.name != "checkpoints" or not (run / ".hydra").is_dir():
+        return None
+    return run.parent.parent.name if run.parent.name.startswith("multirun_") else run.parent.name
+
+
+def checkpoint_experiment(path: str) -> str | None:
+    """The experiment a checkpoint of ``python run.py`` was trained in, or None where it does not say."""
+    return _saved_experiment(path, Path(path).stat().st_mtime_ns)
+
+
 def register_resolvers() -> None:
     """Register the ``scalor.*`` resolvers (idempotent)."""
     OmegaConf.register_new_resolver("scalor.tasks_per_node", tasks_per_node, replace=True)
     OmegaConf.register_new_resolver("scalor.gpus_per_node", gpus_per_node, replace=True)
     OmegaConf.register_new_resolver("scalor.direction", direction, replace=True)
     OmegaConf.register_new_resolver("scalor.wandb_mode", wandb_mode, replace=True)
+    OmegaConf.register_new_resolver("scalor.run_name", run_name, replace=True)
 
 
 # ======================================================================================= DDP workers

@@ -52,9 +52,10 @@ class SCALORLitModule(L.LightningModule):
     windows of this many frames of each batch (validation and test see whole sequences); None: whole ones.
     tracking_inference: how validation and test infer the tracks that the tracking and counting metrics score:
     ``deterministic`` (posterior means and u = 0.5 presence, as ``task=track`` tracks; one more, track-only
-    pass) or ``sampled`` (the posterior sample that the ELBO of the same pass uses).
+    pass) or ``sampled`` (the posterior sample that the ELBO of the same pass uses). experiment: the run's
+    name, kept in the checkpoint so that ``task=track`` names its run folder after it.
 
-    Loss: the batch mean of the negative ELBO per frame (SCALOR-SPEC §4.8). Logged per step: ``train/*`` loss
+    Loss: the batch mean of the negative ELBO per frame (docs/model.md §4.8). Logged per step: ``train/*`` loss
     and KL terms, object counts and ``schedule/*``; per epoch: ``val/*`` and ``test/*`` terms and, where the
     batch has ground truth, the tracking (MOTMetrics) and counting (CountingMetrics) metrics, and at test
     ``test/errors/*``: where the misses, false positives and count errors come from (ErrorBreakdown; batches
@@ -66,7 +67,8 @@ class SCALORLitModule(L.LightningModule):
                  optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
                  scheduler: Optional[Callable[..., Any]] = None, scheduler_interval: str = "step",
                  seed: int = 0, train_seq_len: Optional[int] = None,
-                 tracking_inference: str = "deterministic", fit_val_pick_views: Optional[int] = None) -> None:
+                 tracking_inference: str = "deterministic", fit_val_pick_views: Optional[int] = None,
+                 experiment: Optional[str] = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.model: SCALOR = _build(model, SCALOR)
@@ -136,7 +138,7 @@ class SCALORLitModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         out = self._evaluate("test", batch)
         samples = int(getattr(self.model, "nll_samples", 1))
-        if samples > 1:  # importance-weighted NLL (SCALOR-SPEC §4.10), nats per sequence
+        if samples > 1:  # importance-weighted NLL (docs/model.md §4.10), nats per sequence
             nll = self.model.importance_nll(batch["video"], self.schedule(), samples=samples)
             self.log("test/nll", nll.mean(), on_epoch=True, sync_dist=True, batch_size=out.log_like.shape[0])
 

@@ -22,11 +22,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from scalor.callbacks import AtomicCheckpointIO
+from scalor.callbacks.wandb_run import WandbRun, wandb_logger_args, watch_args
+from scalor.console import quiet_console
 from scalor.errors import ConfigError, ScalorError
 from scalor.launch import use_job_command_for_ddp_workers
 from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule, check_fit_val_pick_views
@@ -34,6 +37,7 @@ from scalor.model import SCALOR
 from scalor.resume import resumable_train_loader
 from scalor.schedules import Curriculum
 from scalor.summary import write_summary
+from scalor.typecheck import check_types
 
 TASKS = ("fit", "test", "track", "generate")
 # Set by Lightning's DDP launcher in the process that starts the workers (restored after each job).
@@ -57,6 +61,7 @@ def run(cfg: DictConfig) -> Optional[float]:
     task = cfg.get("task")
     if task not in TASKS:
         raise ConfigError(f"task={task} is unknown; use task=fit, task=test, task=track or task=generate.")
+    quiet_console()
     env = {key: os.environ.get(key) for key in DDP_ENV}
     try:
         return {"fit": fit, "test": test, "track": track, "generate": generate}[task](cfg)
@@ -118,30 +123,49 @@ def test(cfg: DictConfig) -> Optional[float]:
 def track(cfg: DictConfig) -> dict:
     """Stream ``data.path`` (a video file or a folder of frames) through the checkpoint's model, ``data.seq_len``
     frames at a time with the state carried over, and write ``tracks.txt`` (MOTChallenge) and ``tracks.mp4``
-    into the run folder. The model (image size, grid ...) is the checkpoint's; returns the tracking stats."""
+    into the run folder, in the footage's own pixels and frame numbers. The model (image size, grid ...) is the
+    checkpoint's: each frame is fitted to its input (``data.resize``, ``data.crop_size``) and its boxes mapped back;
+    a ``data.img_size`` on the command line other than the checkpoint's is a ConfigError. Returns the tracking stats."""
     ckpt_path = check_config(cfg)
     start = time.monotonic()
-    from scalor.datamodules.video import iter_frames, video_fps
+    from scalor.datamodules.video import FrameFit, footage_frames, video_fps
     from scalor.inference import inference_schedule, load_model, track_video
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(ckpt_path, map_location=device)
+    size = model.img_hw[0]
+    data = cfg.data
+    if command_line_sets("data.img_size") and int(data.img_size) != size:
+        raise ConfigError(f"data.img_size={data.img_size} is set on the command line but task=track runs the "
+                          f"checkpoint's model at its own {size} px input (tracks come out in the footage's pixels "
+                          f"whatever that size); drop data.img_size or set data.img_size={size}.")
     for key in ("reverse_init", "backfill"):  # the checkpoint's setting, or switched on for this run
         if cfg.model.get(key):
             setattr(model, key, True)
     if cfg.model.get("backfill"):
         model.backfill_copy_iou = float(cfg.model.get("backfill_copy_iou", model.backfill_copy_iou))
-    data = cfg.data
-    skip = int(data.get("frame_skip", 1))
-    frames = iter_frames(data.path, model.img_hw[0], skip, data.get("resize", "resize"), data.get("crop_size"))
-    stats = track_video(model, frames, cfg.paths.output_dir, window=int(data.seq_len),
-                        fps=video_fps(data.path) / skip, device=device,
-                        schedule=inference_schedule(instantiate(cfg.curriculum)))
+    fit = FrameFit(size, data.get("resize", "resize"), data.get("crop_size"), int(data.get("frame_skip", 1)))
+    stats = track_video(model, footage_frames(data.path, fit.frame_skip), cfg.paths.output_dir,
+                        window=int(data.seq_len), fps=video_fps(data.path) / fit.frame_skip, device=device,
+                        schedule=inference_schedule(instantiate(cfg.curriculum)), fit=fit)
+    h, w = stats["footage_hw"]
+    left, top, side, _ = fit.region(h, w)
+    seen = "the whole frame resized" if fit.resize == "resize" else f"the {side} px square at ({left}, {top}) resized"
     print_summary(cfg, None, "track", time.monotonic() - start,
-                  {"checkpoint": ckpt_path, **{k: stats[k] for k in ("frames", "num_ids", "detections",
-                                                                    "max_objects", "frames_per_s")}},
+                  {"checkpoint": ckpt_path, "footage": f"{w}x{h} px (tracks.txt and tracks.mp4 in these pixels)",
+                   "model input": f"{size}x{size} px ({seen})",
+                   **{k: stats[k] for k in ("frames", "num_ids", "detections", "max_objects", "frames_per_s")}},
                   (Path(stats["tracks_txt"]), Path(stats["tracks_mp4"])))
     return stats
+
+
+def command_line_sets(key: str) -> bool:
+    """Whether this run's command line sets ``key`` (``key=...``, ``+key=...`` or ``++key=...`` among Hydra's task
+    overrides); False when Hydra is not initialised (a config composed in code)."""
+    if not HydraConfig.initialized():
+        return False
+    overrides = HydraConfig.get().overrides.task or []
+    return any(str(o).lstrip("+").split("=", 1)[0].strip() == key for o in overrides)
 
 
 def generate(cfg: DictConfig) -> list[Path]:
@@ -177,6 +201,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     task = resolved.get("task")
     if task not in TASKS:
         raise ConfigError(f"task={task} is unknown; use task=fit, task=test, task=track or task=generate.")
+    check_types(resolved)
     model = {k: v for k, v in resolved["model"].items() if k != "_target_"}
     SCALOR.validate_config(**model)
     data = resolved["data"]
@@ -197,8 +222,8 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     _check_trainer(resolved["trainer"])
     _check_monitor(resolved.get("monitor") or {})
     lr = (resolved.get("optimizer") or {}).get("lr")
-    if lr is not None and not float(lr) > 0:
-        raise ConfigError(f"optimizer.lr={lr} must be > 0 (the reference uses 4e-5).")
+    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
+        raise ConfigError(f"optimizer.lr={lr} must be a number > 0 (the reference uses 4e-5).")
     if resolved.get("scheduler_interval") not in ("step", "epoch"):
         raise ConfigError(f"scheduler_interval={resolved.get('scheduler_interval')} is unknown; use step or epoch.")
 
@@ -389,7 +414,7 @@ def build_module(cfg: DictConfig) -> SCALORLitModule:
         optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
         scheduler_interval=cfg.scheduler_interval, seed=cfg.seed, train_seq_len=cfg.get("train_seq_len"),
         tracking_inference=cfg.get("tracking_inference", "deterministic"),
-        fit_val_pick_views=cfg.get("fit_val_pick_views"),
+        fit_val_pick_views=cfg.get("fit_val_pick_views"), experiment=str(cfg.name),
     )
 
 
@@ -399,6 +424,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()
                  if node is not None and "_target_" in node]
     loggers = build_loggers(cfg)
+    if any(isinstance(lg, WandbLogger) for lg in loggers):  # the run id into checkpoints (resume), wandb.watch
+        callbacks.append(WandbRun(watch_args(OmegaConf.select(cfg, "logger.wandb.watch"))))
     if not loggers:  # nothing to send learning rates to (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins over the callback
@@ -430,8 +457,12 @@ def build_loggers(cfg: DictConfig) -> list:
         kwargs = {}
         if node._target_.endswith("WandbLogger"):
             name, group = _run_names(cfg)
+            node = wandb_logger_args(cfg, node, resolve_ckpt_path(cfg))  # resumed fit: the checkpoint's run
             kwargs = {"name": node.get("name") or name, "group": node.get("group") or group}
-        loggers.append(instantiate(node, **kwargs))
+        logger = instantiate(node, **kwargs)
+        if isinstance(logger, WandbLogger):  # Lightning always passes anonymous=None, which wandb 0.31 warns is
+            logger._wandb_init.pop("anonymous", None)  # deprecated; unset, wandb says nothing (run is still lazy)
+        loggers.append(logger)
     return loggers
 
 
@@ -522,7 +553,11 @@ def print_summary(cfg: DictConfig, trainer: Optional[L.Trainer], task: str, seco
             if kind == "WandbLogger":
                 run_dir = Path(logger.experiment.dir).parent
                 offline = getattr(logger.experiment.settings, "mode", "offline") in ("offline", "dryrun")
-                console.print(f"logs         wandb {run_dir}" + (f" (upload: wandb sync {run_dir})" if offline else ""))
+                # a resumed fit: the earlier parts of the run (same id) are in earlier run folders
+                earlier = Path(str(cfg.paths.output_root), str(cfg.name)).glob(f"**/wandb/*-{logger.version}")
+                parts = " ".join(str(p) for p in sorted({run_dir.resolve(), *(p.resolve() for p in earlier)},
+                                                        key=lambda p: p.name))
+                console.print(f"logs         wandb {run_dir}" + (f" (upload: wandb sync {parts})" if offline else ""))
             elif getattr(logger, "log_dir", None):
                 console.print(f"logs         {kind} {logger.log_dir}")
     if (out / "run.log").is_file():

@@ -46,6 +46,50 @@ def test_default_is_the_quick_experiment_with_the_reference_optimiser_defaults(c
     assert easy.model.pick_views == 8 and easy.fit_val_pick_views == 1  # ... of 8 views; fit: validation of one
 
 
+def test_footage_without_an_experiment_takes_the_video_defaults_and_its_name(compose_cfg, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    video = compose_cfg("data=video", f"data.path={clip}", tiny=False)
+    assert video.name == "video" and video.data._target_.endswith("VideoDataModule")
+    assert "num_train" not in video.data and (video.data.img_size, video.data.batch_size) == (128, 4)
+    check_config(video)
+    assert compose_cfg("~experiment").name == "dsprites"
+    assert compose_cfg("experiment=dsprites_easy", "data=video", f"data.path={clip}").name == "dsprites_easy"
+    assert compose_cfg().name == "quick" and compose_cfg().data.num_train == 8  # the quick set, made tiny
+
+
+def test_track_of_a_checkpoint_file_is_named_after_its_experiment(compose_cfg, tmp_path):
+    run(compose_cfg("experiment=dsprites_easy", "trainer.max_steps=1", "model.pick_views=1"))
+    ckpt = find_last_checkpoint(tmp_path / "outputs", "dsprites_easy")
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["experiment"] == "dsprites_easy"
+    cfg = compose_cfg("task=track", f"ckpt_path={ckpt}", "data=video", f"data.path={tmp_path / 'clip.mp4'}")
+    assert cfg.name == "dsprites_easy"
+    assert compose_cfg("task=track", "ckpt_path=last", "data=video", "data.path=x.mp4").name == "video"
+
+
+TYPE_ERRORS = {
+    "trainer.max_steps=abc": "trainer.max_steps=abc has the wrong type: Trainer's max_steps takes a whole number",
+    "data.batch_size=1.5": "data.batch_size=1.5 has the wrong type: DSpritesDataModule's batch_size takes a whole",
+    "model.conv_lstm=maybe": "model.conv_lstm=maybe has the wrong type: SCALOR's conv_lstm takes true or false",
+    "trainer.precision=33": "trainer.precision=33 has the wrong type: Trainer's precision takes one of 64, 32",
+    "callbacks.best_checkpoint.save_top_k=all": "callbacks.best_checkpoint.save_top_k=all has the wrong type",
+    "curriculum.tau_end=x": "curriculum.tau_end=x has the wrong type: Curriculum's tau_end takes a number",
+    "data.shapes=3": "data.shapes=3 has the wrong type: DSpritesDataModule's shapes takes a list",
+}
+
+
+@pytest.mark.parametrize("override", list(TYPE_ERRORS))
+def test_a_value_of_the_wrong_type_names_its_key_and_type(compose_cfg, override):
+    with pytest.raises(ConfigError) as err:
+        check_config(compose_cfg(override))
+    assert str(err.value).startswith(TYPE_ERRORS[override]) and "\n" not in str(err.value)
+
+
+def test_values_the_hints_take_pass(compose_cfg):
+    for override in ("trainer.max_time=00:00:01:00", "trainer.precision=bf16-mixed", "trainer.devices=auto",
+                     "data.batch_size=3", "model.sigma=1", "trainer.val_check_interval=0.5"):
+        check_config(compose_cfg(override))
+
+
 @pytest.mark.parametrize("grid", ["4x4", "8x8", "16x16"])
 def test_grid_group(compose_cfg, grid):
     cfg = compose_cfg(f"grid={grid}")
@@ -171,9 +215,9 @@ BAD = [
     (["data.batch_size=0"], "data.batch_size=0"),
     (["train_seq_len=0"], "train_seq_len=0 must be a number of frames"),
     (["model.box_source=corners"], "model.box_source=corners is unknown"),
-    (["model.reverse_init=maybe"], "model.reverse_init='maybe' must be true or false"),
-    (["model.backfill=1"], "model.backfill=1 must be true or false"),
-    (["model.pick_direction=1"], "model.pick_direction=1 must be true or false"),
+    (["model.reverse_init=maybe"], "model.reverse_init=maybe has the wrong type: SCALOR's reverse_init takes true or"),
+    (["model.backfill=1"], "model.backfill=1 has the wrong type: SCALOR's backfill takes true or false"),
+    (["model.pick_direction=1"], "model.pick_direction=1 has the wrong type: SCALOR's pick_direction takes true"),
     (["model.pick_direction=true", "model.reverse_init=true"], "set one of them false"),
     (["model.pick_views=3", "model.pick_direction=true"], "model.pick_views=3 must be one of 1, 2, 4, 8"),
     (["model.pick_views=4"], "model.pick_views=4 needs model.pick_direction=true"),
@@ -184,7 +228,7 @@ BAD = [
     (["curriculum.sigma_start=0.15", "curriculum.sigma_end=0"], "sigma_end=0 must be > 0"),
     (["+curriculum.sigma=0.1"], "curriculum.sigma is not a schedule parameter"),
     (["curriculum.reject_duplicates_until=-1"], "curriculum.reject_duplicates_until=-1 must be an optimiser step"),
-    (["curriculum.reject_duplicates_until=0.5"], "curriculum.reject_duplicates_until=0.5 must be an optimiser step"),
+    (["curriculum.reject_duplicates_until=0.5"], "curriculum.reject_duplicates_until=0.5 has the wrong type: Curriculum"),
     (["+callbacks.ema._target_=scalor.callbacks.EMA", "+callbacks.ema.decay=1.5"],
      "callbacks.ema.decay=1.5 must be in (0, 1)"),
 ]
@@ -226,7 +270,8 @@ def test_checkpoint_that_does_not_match_the_config(compose_cfg, tmp_path):
         check_config(compose_cfg(f"ckpt_path={path}"))
 
 
-CLI_BAD = [["model.glimpse_size=20"], ["task=test"], ["data.batch_size=0"]]
+CLI_BAD = [["model.glimpse_size=20"], ["task=test"], ["data.batch_size=0"], ["trainer.max_steps=abc"],
+           ["data.batch_size=abc"], ["experiment=null"], ["logger=null"]]
 if not torch.cuda.is_available():
     CLI_BAD.append(["strategy=ddp"])
 

@@ -89,7 +89,8 @@ def test_generate_and_track_write_videos(compose_cfg, tmp_path):
     paths = run(cfg)
     assert len(paths) == 2 and all(p.stat().st_size > 0 and p.with_suffix(".png").is_file() for p in paths)
     frames = grand_central_frames(tmp_path / "clip", n=7)
-    cfg = compose_cfg("task=track", "ckpt_path=last", "data=video", f"data.path={frames}", run="track")
+    cfg = compose_cfg("task=track", "experiment=quick", "ckpt_path=last", "data=video", f"data.path={frames}",
+                      run="track")
     stats = run(cfg)
     out = Path(cfg.paths.output_dir)
     assert stats["frames"] == 7 and (out / "tracks.mp4").stat().st_size > 0

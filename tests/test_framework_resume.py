@@ -99,11 +99,15 @@ def test_default_command_trains_tests_and_summarises(tmp_path):
     """`python run.py` as in the README's quick start (only the output and data folders moved to tmp)."""
     proc = subprocess.run([sys.executable, "run.py", f"paths.output_root={tmp_path / 'outputs'}",
                            f"paths.data_dir={tmp_path / 'data'}"], cwd=ROOT,
-                          env={k: v for k, v in ENV.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+                          env={k: v for k, v in ENV.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                                         "WANDB_SILENT")},
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for line in ("task=fit finished", "val/mota (best)", "test/mota", "checkpoints", "wandb sync", "media"):
         assert line in proc.stdout, line
+    console = proc.stdout + proc.stderr  # quiet: no codec notices, no Lightning INFO lines, tips or wandb banners
+    for noise in ("OpenCV: FFMPEG", "LeafSpec", "litlogger", "INFO:", "wandb:", "Warning", "warn("):
+        assert noise not in console, (noise, console[-3000:])
     run_dir = newest_run(tmp_path)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and list(run_dir.glob("checkpoints/best-*.ckpt"))
     assert list(run_dir.glob("wandb/offline-run-*")) and list(run_dir.glob("media/step_*/test_tracking_*"))

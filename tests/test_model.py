@@ -117,7 +117,7 @@ def test_extract_then_render_round_trips_a_box():
     back = render_full(g, box, (64, 64))[:, 0]
     inner = back[..., 21:35, 13:19]
     assert torch.allclose(inner, torch.ones_like(inner), atol=1e-5)
-    assert back.sum() == pytest.approx(img.sum(), rel=0.06)
+    assert back.sum().item() == pytest.approx(img.sum().item(), rel=0.06)
 
 
 def test_windowed_render_equals_full_canvas_oracle():
@@ -405,7 +405,7 @@ def test_batched_compaction_equals_per_element_loop():
 
 
 def test_fresh_weights_saturate_the_cap_and_noise_likelihood():
-    """SCALOR-SPEC §10: with fresh weights the count saturates at max_num_obj by t = 1-3, and the
+    """docs/model.md §10: with fresh weights the count saturates at max_num_obj by t = 1-3, and the
     per-frame log-likelihood of uniform noise at 128 px is about -1.8e5."""
     torch.manual_seed(0)
     m = SCALOR(glimpse_size=16)

@@ -104,9 +104,10 @@ def test_ddp_cpu_two_processes_reduce_validation_over_the_whole_set(tmp_path, da
     proc = run_py(tmp_path, data_dir, "strategy=ddp_cpu", "trainer.max_steps=2", "data.num_val=4", "logger=csv",
                   "test_after_fit=true", multirun=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "distributed_backend=gloo" in proc.stderr and "MEMBER: 2/2" in proc.stderr
     assert proc.stdout.count("task=fit finished") == 1 and "test/mota" in proc.stdout
     run = next(p for p in (tmp_path / "outputs" / "quick").iterdir() if p.is_dir())
+    logs = "".join(p.read_text() for p in run.glob("*.log"))  # Lightning's INFO lines go to the run's logs
+    assert "distributed_backend=gloo" in logs and "MEMBER: 2/2" in logs
     val = [r for r in csv_metrics(run) if r.get("val/num_sequences")]
     assert [(r["epoch"], r["step"]) for r in val] == [("0", "1")]  # validated after 2 steps: the whole epoch
     assert float(val[0]["val/num_sequences"]) == 4.0 and float(val[0]["val/num_frames"]) == 12.0  # 4 x 3 frames
@@ -122,9 +123,9 @@ def test_ddp_cpu_inside_a_multirun_runs_each_job_once(tmp_path, data_dir):
     sweep = sweep_dir(tmp_path)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert proc.stdout.count("task=fit finished") == 2
-    assert re.findall(r"\[rank: 1\] Seed set to (\d+)", proc.stderr) == ["1", "2"]  # each worker: its job's seed
-    for job in ("0", "1"):
-        assert (sweep / job / "train_ddp_process_1.log").is_file()  # the worker ran in the job's folder
+    for job, seed in (("0", "1"), ("1", "2")):
+        worker_log = (sweep / job / "train_ddp_process_1.log").read_text()  # the worker ran in the job's folder
+        assert re.findall(r"\[rank: 1\] Seed set to (\d+)", worker_log) == [seed]  # ... with its job's seed
         assert [float(r["val/num_sequences"]) for r in csv_metrics(sweep / job) if r.get("val/num_sequences")] == [4.0]
 
 

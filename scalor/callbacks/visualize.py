@@ -14,9 +14,14 @@ an info message says so once. Only global rank 0 draws.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
+import os
+import sys
+import tempfile
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -151,10 +156,47 @@ def sequence_metrics(out: Any) -> list[dict[str, float]]:
     return rows
 
 
+@contextmanager
+def _quiet_c_stderr():
+    """Silence file descriptor 2 for a moment: OpenCV's FFmpeg backend prints codec-tag notices there itself."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _open_webm(path: Path, fps: float, width: int, height: int) -> cv2.VideoWriter:
+    with _quiet_c_stderr():  # FFmpeg accepts VP8 in webm but says the 'VP80' tag is not its own, for every file
+        return cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), float(fps), (width, height))
+
+
+@functools.cache
+def webm_supported() -> bool:
+    """Whether this OpenCV build encodes VP8 webm (asked once per process, by writing and reading back a probe)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.webm"
+        writer = _open_webm(probe, 1.0, 16, 16)
+        if not writer.isOpened():
+            return False
+        writer.write(np.zeros((16, 16, 3), np.uint8))
+        writer.release()
+        reader = cv2.VideoCapture(str(probe))
+        ok = reader.read()[0]
+        reader.release()
+    return bool(ok)
+
+
 def _write_webm(path: Path, frames: list[np.ndarray], fps: float) -> Path | None:
-    """VP8 webm (plays in browsers, unlike mp4v); None where OpenCV cannot encode it."""
+    """VP8 webm (plays in browsers, unlike mp4v); None where OpenCV cannot encode it (then mp4 is written)."""
+    if not webm_supported():
+        return None
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), float(fps), (w + w % 2, h + h % 2))
+    writer = _open_webm(path, fps, w + w % 2, h + h % 2)
     if not writer.isOpened():
         return None
     try:

@@ -2,16 +2,18 @@
 
 Training decodes the frames once, fitted to ``img_size``, into a memory-mapped cache under ``data.root`` and cuts
 them into clips of ``seq_len`` frames ``frame_skip`` apart: train is the first part of the footage, then val and
-test (``val_fraction``, ``test_fraction``), in time order. Tracking streams instead: ``iter_frames`` holds one
-frame at a time. ``resize='resize'`` scales the whole frame to img_size x img_size (the aspect ratio is not
-kept); ``resize='crop'`` takes the centred square of side ``crop_size`` (default img_size, i.e. native pixels)
-and scales it to img_size.
+test (``val_fraction``, ``test_fraction``), in time order. Tracking streams instead: ``footage_frames`` (the
+footage's own frames) and ``iter_frames`` (fitted to the model) hold one frame at a time, and ``FrameFit`` maps
+the model's boxes and frame numbers back to the footage. ``resize='resize'`` scales the whole frame to img_size x
+img_size (the aspect ratio is not kept); ``resize='crop'`` takes the centred square of side ``crop_size`` (default
+img_size, i.e. native pixels) and scales it to img_size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -72,26 +74,85 @@ def _raw_frames(path: str | Path, frame_skip: int = 1) -> Iterator[tuple[str, np
         cap.release()
 
 
+def fit_region(height: int, width: int, img_size: int, resize: str = "resize",
+               crop_size: int | None = None) -> tuple[int, int, int, int]:
+    """(left, top, width, height) in pixels of the part of a height x width frame that ``fit_frame`` scales to
+    img_size x img_size: the whole frame (resize), or the centred square of side crop_size (crop; default img_size)."""
+    if resize == "resize":
+        return 0, 0, int(width), int(height)
+    side = int(crop_size) if crop_size else int(img_size)
+    return (int(width) - side) // 2, (int(height) - side) // 2, side, side
+
+
 def fit_frame(img: np.ndarray, img_size: int, resize: str = "resize", crop_size: int | None = None,
               where: str = "a frame") -> np.ndarray:
     """RGB uint8 (h, w, 3) -> (img_size, img_size, 3): whole-frame resize, or centred crop then resize."""
     if resize == "resize":
         return resize_square(img, img_size)
-    side, key = (int(crop_size), "data.crop_size") if crop_size else (img_size, "data.img_size (or set data.crop_size)")
-    h, w = img.shape[:2]
-    return resize_square(crop(img, (w - side) // 2, (h - side) // 2, side, where, key), img_size)
+    left, top, side, _ = fit_region(*img.shape[:2], img_size, resize, crop_size)
+    key = "data.crop_size" if crop_size else "data.img_size (or set data.crop_size)"
+    return resize_square(crop(img, left, top, side, where, key), img_size)
+
+
+@dataclass(frozen=True)
+class FrameFit:
+    """How streamed footage becomes the model's input, and how the model's boxes and frames go back to it.
+
+    Stream frame k (0-based) is footage frame ``k * frame_skip + 1`` (1-based, as MOTChallenge counts); a footage
+    frame (h, w) becomes the model's (3, img_size, img_size) input by scaling its ``fit_region`` (whole frame or
+    centred crop) to the square, so a box maps back by the inverse scaling plus the region's offset.
+    """
+
+    img_size: int
+    resize: str = "resize"
+    crop_size: int | None = None
+    frame_skip: int = 1
+
+    def __post_init__(self) -> None:
+        require(self.resize in RESIZE_MODES, f"data.resize={self.resize!r} must be one of {list(RESIZE_MODES)}.")
+        require(int(self.frame_skip) >= 1, f"data.frame_skip={self.frame_skip} must be at least 1.")
+
+    def region(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(left, top, width, height) in footage pixels of what the model sees of a height x width frame."""
+        return fit_region(height, width, self.img_size, self.resize, self.crop_size)
+
+    def frame_number(self, k: int) -> int:
+        """The footage's 1-based frame number of stream frame k (0-based)."""
+        return int(k) * int(self.frame_skip) + 1
+
+    def model_input(self, img: np.ndarray, where: str = "a frame") -> np.ndarray:
+        """RGB uint8 (h, w, 3) footage frame -> float32 (3, img_size, img_size) in [0, 1]."""
+        fitted = fit_frame(img, self.img_size, self.resize, self.crop_size, where)
+        return fitted.transpose(2, 0, 1).astype(np.float32) / 255.0
+
+    def to_footage(self, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Boxes (..., 4) normalised xyxy of the model's input -> float64 (..., 4) xyxy pixels of the height x width
+        footage frame, clipped to it."""
+        left, top, w, h = self.region(height, width)
+        b = np.asarray(boxes, np.float64) * np.array([w, h, w, h]) + np.array([left, top, left, top])
+        return np.clip(b, 0, np.array([width, height, width, height], np.float64))
+
+
+def footage_frames(path: str | Path, frame_skip: int = 1) -> Iterator[np.ndarray]:
+    """Stream frames 0, k, 2k, ... (k = frame_skip) of a video or image folder as they are: RGB uint8 (h, w, 3).
+
+    Memory stays at one frame whatever the length. Raises DataError for unreadable input.
+    """
+    require(int(frame_skip) >= 1, f"data.frame_skip={frame_skip} must be at least 1.")
+    for _, img in _raw_frames(path, int(frame_skip)):
+        yield img
 
 
 def iter_frames(path: str | Path, img_size: int, frame_skip: int = 1, resize: str = "resize",
                 crop_size: int | None = None) -> Iterator[np.ndarray]:
-    """Stream frames 0, k, 2k, ... (k = frame_skip) of a video or image folder as float32 (3, H, W) in [0, 1].
+    """Stream frames 0, k, 2k, ... (k = frame_skip) of a video or image folder as float32 (3, H, W) in [0, 1],
+    fitted to img_size (:class:`FrameFit`).
 
     Memory stays at one frame whatever the length. Raises DataError for unreadable input.
     """
-    require(resize in RESIZE_MODES, f"data.resize={resize!r} must be one of {list(RESIZE_MODES)}.")
-    require(int(frame_skip) >= 1, f"data.frame_skip={frame_skip} must be at least 1.")
-    for where, img in _raw_frames(path, int(frame_skip)):
-        yield fit_frame(img, img_size, resize, crop_size, where).transpose(2, 0, 1).astype(np.float32) / 255.0
+    fit = FrameFit(img_size, resize, crop_size, int(frame_skip))
+    for where, img in _raw_frames(path, fit.frame_skip):
+        yield fit.model_input(img, where)
 
 
 def video_fps(path: str | Path) -> float:

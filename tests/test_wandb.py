@@ -1,0 +1,177 @@
+"""wandb: a resumed fit continues the same run and nothing logged is lost when training is killed with SIGKILL;
+tags and wandb.watch from the config; bad values end with one line `error: ...` and exit code 2.
+
+Offline runs, read back with wandb's own reader of ``.wandb`` files (``wandb leet inspect --json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import ROOT, tiny_cli
+
+pytest.importorskip("wandb")
+
+# Subprocesses start their own wandb backend, as `python run.py` from a shell does (not this process's).
+ENV = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "HYDRA_FULL_ERROR": "0",
+       "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+       "PYTHONPATH": str(ROOT / "tests")}
+WANDB = ["logger=wandb", "trainer.log_every_n_steps=1", "callbacks.last_checkpoint.every_n_train_steps=3",
+         "callbacks.visualization.on_validation=false", "trainer.enable_progress_bar=false"]
+
+
+class SigkillAt(L.Callback):
+    """Kill this process with SIGKILL at the start of training step ``step`` (nothing runs after it: no
+    handler, no atexit, no flush), as the OOM killer or a scheduler would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def records(path: Path) -> list[dict]:
+    """The records of a ``.wandb`` file, as wandb's reader prints them."""
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)], cwd=ROOT,
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def run_record(recs: list[dict]) -> dict:
+    return next(r["run"] for r in recs if r["type"] == "run")
+
+
+def history(recs: list[dict]) -> list[dict]:
+    return [r["history"]["item"] for r in recs if r["type"] == "history"]
+
+
+def train_steps(recs: list[dict]) -> list[int]:
+    """The trainer/global_step of every logged training loss."""
+    return sorted(int(row["trainer/global_step"]) for row in history(recs) if "train/neg_elbo" in row)
+
+
+def wandb_file(run_dir: Path) -> Path:
+    files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "outputs" / "quick").iterdir() if p.is_dir())
+
+
+def cli(tmp_path: Path, data_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "run.py", *tiny_cli(tmp_path, data_dir), *WANDB, *overrides]
+
+
+def test_sigkill_then_resume_continues_the_same_run_with_the_whole_history(tmp_path, data_dir):
+    # 8 sequences in batches of 2: 4 steps per epoch; last.ckpt every 2 steps; killed at the start of step 3, so
+    # step 2, logged after the checkpoint, is logged twice: by the killed process and again after the resume
+    steps, kill = 8, 3
+    killed = subprocess.run(cli(tmp_path, data_dir, f"trainer.max_steps={steps}",
+                                "callbacks.last_checkpoint.every_n_train_steps=2",
+                                "+callbacks.sigkill._target_=test_wandb.SigkillAt", f"+callbacks.sigkill.step={kill}"),
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    first = run_dirs(tmp_path)[0]
+    checkpoint = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    at = checkpoint["global_step"]
+    assert 0 < at < kill
+
+    resumed = subprocess.run(cli(tmp_path, data_dir, f"trainer.max_steps={steps}", "ckpt_path=last",
+                                 "callbacks.last_checkpoint.every_n_train_steps=2"),
+                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    second = run_dirs(tmp_path)[1]  # the resumed part lives in its own run folder
+    after = records(wandb_file(second))
+    run_id = run_record(after)["run_id"]
+    assert run_id == checkpoint["wandb_run_id"]
+    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["wandb_run_id"] == run_id
+    assert train_steps(after) == list(range(at, steps))
+    sync = next(line for line in resumed.stdout.splitlines() if "wandb sync" in line)
+    assert wandb_file(first).parent.name in sync and wandb_file(second).parent.name in sync  # both parts
+
+    # the killed part: wandb's backend outlived the process, wrote all it was sent and closed the run
+    deadline = time.monotonic() + 120
+    before = records(wandb_file(first))
+    while not any(r["type"] == "exit" for r in before):
+        assert time.monotonic() < deadline, "the killed run's backend never closed its file"
+        time.sleep(2)
+        before = records(wandb_file(first))
+    assert run_record(before)["run_id"] == run_id
+    assert train_steps(before) == list(range(kill))  # every step logged before the kill, the checkpoint's too
+    assert sorted(set(train_steps(before)) | set(train_steps(after))) == list(range(steps))
+
+
+def test_tags_and_watch_reach_wandb_and_a_resumed_fit_keeps_the_run(compose_cfg):
+    from scalor.tasks import run
+
+    common = ["logger=wandb", "logger.wandb.tags=[baseline,grid8]", "logger.wandb.watch.log=all",
+              "logger.wandb.watch.log_freq=1", "trainer.log_every_n_steps=1"]
+    first = compose_cfg(*common, "trainer.max_steps=2", run="first")
+    run(first)
+    recs = records(wandb_file(Path(first.paths.output_dir)))
+    assert run_record(recs)["tags"] == ["baseline", "grid8"]
+    keys = {key.split("/")[0] for row in history(recs) for key in row}
+    assert {"gradients", "parameters"} <= keys  # wandb.watch's histograms
+    run_id = run_record(recs)["run_id"]
+
+    resumed = compose_cfg(*common, "trainer.max_steps=3", "ckpt_path=last", run="resumed")
+    run(resumed)
+    again = records(wandb_file(Path(resumed.paths.output_dir)))
+    assert run_record(again)["run_id"] == run_id and train_steps(again) == [2]
+    fresh = compose_cfg(*common, "trainer.max_steps=1", run="fresh")
+    run(fresh)
+    assert run_record(records(wandb_file(Path(fresh.paths.output_dir))))["run_id"] != run_id
+
+
+def test_only_a_resumed_fit_outside_a_multirun_takes_the_checkpoints_run(compose_cfg, tmp_path):
+    from scalor.callbacks.wandb_run import resumed_run_id
+
+    with_id, without = tmp_path / "with.ckpt", tmp_path / "without.ckpt"
+    torch.save({"global_step": 3, "wandb_run_id": "abc123"}, with_id)
+    torch.save({"global_step": 3}, without)  # written before run ids were kept
+    assert resumed_run_id(compose_cfg(), str(with_id)) == "abc123"
+    assert resumed_run_id(compose_cfg(), None) is None  # a fresh run
+    assert resumed_run_id(compose_cfg(), str(without)) is None
+    assert resumed_run_id(compose_cfg("task=test"), str(with_id)) is None  # a test is a run of its own
+    multirun = compose_cfg("hydra.mode=MULTIRUN", "hydra.job.num=0")
+    assert resumed_run_id(multirun, str(with_id)) is None  # each job keeps its own run
+
+
+@pytest.mark.parametrize("override, message", [
+    ("logger.wandb.watch.log=foo", "logger.wandb.watch.log=foo is unknown; use gradients, parameters, all"),
+    ("logger.wandb.watch.log_freq=0", "logger.wandb.watch.log_freq=0 must be a whole number of steps >= 1"),
+    ("+logger.wandb.watch.freq=5", "logger.wandb.watch.freq is not a watch option"),
+    ("logger.wandb.tags=[a,{b:1}]", "logger.wandb.tags="),
+])
+def test_bad_watch_and_tags_values_are_config_errors(compose_cfg, override, message):
+    from scalor.callbacks.wandb_run import wandb_logger_args
+    from scalor.errors import ConfigError
+
+    cfg = compose_cfg("logger=wandb", override)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        wandb_logger_args(cfg, cfg.logger.wandb, None)
+
+
+def test_bad_watch_value_exits_2_with_one_line(tmp_path, data_dir):
+    proc = subprocess.run(cli(tmp_path, data_dir, "logger.wandb.watch.log=foo"), cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: logger.wandb.watch.log=foo is unknown; use gradients, parameters, all or null (off).")
+    assert "Traceback" not in proc.stderr and not list(tmp_path.glob("outputs/quick/*/checkpoints/*.ckpt"))
