@@ -2,7 +2,7 @@
 
 The config is the project's (conf/config.yaml) with the same overrides, plus ``bench.*``
 (conf/bench.yaml). Input is synthetic moving shapes generated in memory. The warm-up steps are
-excluded; the last line printed is one JSON object (ARCHITECTURE.md §2).
+excluded; the last line printed is one JSON object (docs/model.md §7.6).
 
     python -m scalor.bench data.img_size=128 grid=8x8 data.batch_size=1 data.seq_len=10 \
         model.max_num_obj=45 bench.steps=5 bench.mode=train

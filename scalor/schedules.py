@@ -1,4 +1,4 @@
-"""Training schedules of SCALOR-SPEC §2.6 and §5, as pure functions of the optimiser step.
+"""Training schedules of docs/model.md §2.6 and §5, as pure functions of the optimiser step.
 
 The model holds no step counter: the LightningModule computes a :class:`Schedule` from
 ``trainer.global_step`` (the number of optimiser steps already taken) and passes it to
@@ -23,7 +23,7 @@ class Schedule:
 
     tau: relaxed-Bernoulli temperature; z_pres_prior: discovery presence prior probability;
     detach: detach the carried object state between frames; bg_alpha_curriculum: replace the
-    discovery alpha canvases by a constant (SCALOR-SPEC §4.5); sigma: the pixel likelihood's std for
+    discovery alpha canvases by a constant (docs/model.md §4.5); sigma: the pixel likelihood's std for
     this step (None: the model's ``sigma``); reject_duplicates: whether training rejects duplicates at
     discovery in this step (with ``model.reject_duplicates``; inference always does).
     """
@@ -44,7 +44,7 @@ def tau_at(step: int, start: float = 1.0, end: float = 0.5, decay_steps: float =
 
 
 def linear_anneal(step: int, start: float, end: float, steps: int) -> float:
-    """``start`` at step <= 0, linear to ``end`` at ``steps``, constant after (SCALOR-SPEC §2.6)."""
+    """``start`` at step <= 0, linear to ``end`` at ``steps``, constant after (docs/model.md §2.6)."""
     if step <= 0:
         return start
     if step >= steps:

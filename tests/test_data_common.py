@@ -98,7 +98,7 @@ def test_experiment_files_override_known_keys(name, tmp_path):
 
 @pytest.mark.parametrize("name", SPRITE_EXPERIMENTS)
 def test_experiment_box_anchors_reach_the_sprites(name, tmp_path):
-    """The model's box parametrisation (SCALOR-SPEC §2.2) can express the boxes of the generated objects: with
+    """The model's box parametrisation (docs/model.md §2.2) can express the boxes of the generated objects: with
     model.box_source=where the glimpse box is the reported box and must be able to fit each object; with mask
     (boxes of the drawn pixels) a glimpse box only has to be able to contain the object."""
     _, exp = _experiment(name)

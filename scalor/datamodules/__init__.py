@@ -1,4 +1,4 @@
-"""LightningDataModules, one per source; batches follow ARCHITECTURE.md §3 (see ``base``)."""
+"""LightningDataModules, one per source; batches follow docs/model.md §7.1 (see ``base``)."""
 
 from scalor.datamodules.base import BaseDataModule, SpriteSceneDataModule
 from scalor.datamodules.dsprites import DSpritesDataModule

@@ -1,4 +1,4 @@
-"""Shared DataModule machinery: loaders and the batch contract (ARCHITECTURE.md §3), atomic on-disk caches,
+"""Shared DataModule machinery: loaders and the batch contract (docs/model.md §7.1), atomic on-disk caches,
 image I/O with one-line errors, and the moving-sprites scene engine behind the generated sets (dSprites, MNIST).
 
 Batches are dicts: ``video`` float32 (B, T, 3, H, W) in [0, 1]; with ground truth also ``boxes`` float32

@@ -1,4 +1,4 @@
-"""Grand Central Station frames, read as the reference does (SCALOR-SPEC §6; ``data=grand_central``).
+"""Grand Central Station frames, read as the reference does (docs/model.md §6; ``data=grand_central``).
 
 Frames are the images directly inside ``data.root``, named by their integer frame number and sorted numerically.
 The last ``test_fraction`` (10%) are the test split. Each item is a square crop of side ``crop_size`` at one of 8

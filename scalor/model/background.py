@@ -1,4 +1,4 @@
-"""Background module (SCALOR-SPEC §3.5-§3.8, §4.6): encoder, decoders and the temporal prior."""
+"""Background module (docs/model.md §3.5-§3.8, §4.6): encoder, decoders and the temporal prior."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ class BackgroundStep:
 
 
 class Background(nn.Module):
-    """Background encoder, decoder and the GRU prior p(z_bg,t | z_bg,<t) (SCALOR-SPEC §3.8, §4.6)."""
+    """Background encoder, decoder and the GRU prior p(z_bg,t | z_bg,<t) (docs/model.md §3.8, §4.6)."""
 
     def __init__(self, img_size: int, decoder: str = "upsample", bg_dim: int = 10, prior_hid: int = 32):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Discovery (SCALOR-SPEC §3.9, §4.3): per-cell proposals, accept-reject against what propagation
+"""Discovery (docs/model.md §3.9, §4.3): per-cell proposals, accept-reject against what propagation
 explains, and the cap on the number of tracked objects."""
 
 from __future__ import annotations

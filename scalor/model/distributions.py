@@ -1,4 +1,4 @@
-"""Distributions of SCALOR-SPEC §2.3-§2.5: relaxed Bernoulli, analytic KLs, straight-through clamp.
+"""Distributions of docs/model.md §2.3-§2.5: relaxed Bernoulli, analytic KLs, straight-through clamp.
 
 Every sampler takes ``deterministic``: Gaussian samples become their mean and relaxed-Bernoulli
 samples use u = 0.5 (y = logit / tau), the mode the reference fixtures and tracking inference use.

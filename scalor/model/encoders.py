@@ -1,4 +1,4 @@
-"""Image encoder (per-frame CNN + ConvLSTM), glimpse encoder and glimpse decoder (SCALOR-SPEC §3.1-§3.4).
+"""Image encoder (per-frame CNN + ConvLSTM), glimpse encoder and glimpse decoder (docs/model.md §3.1-§3.4).
 
 Layer stacks are derived from (image size, grid, glimpse size). Every block is
 conv -> [PixelShuffle] -> CELU -> GroupNorm, in ``nn.Sequential`` order, so the parameter names
@@ -85,7 +85,7 @@ class ImageCNN(nn.Module):
 
 
 class ConvLSTMCell(nn.Module):
-    """ConvLSTM cell with peepholes (SCALOR-SPEC §3.2); the output gate peeks at c_{t-1}."""
+    """ConvLSTM cell with peepholes (docs/model.md §3.2); the output gate peeks at c_{t-1}."""
 
     def __init__(self, in_ch: int, hid: int, grid_hw: tuple[int, int]):
         super().__init__()
@@ -163,7 +163,7 @@ class GlimpseEncoder(nn.Module):
 
 
 def _head(img_size: int, out: int) -> nn.Sequential:
-    """Decoder heads: two convs at H >= 128, one below (SCALOR-SPEC §3.4)."""
+    """Decoder heads: two convs at H >= 128, one below (docs/model.md §3.4)."""
     if img_size >= 128:
         layers: list = []
         cg(layers, nn.Conv2d(16, 8, 3, 1, 1), 8, 4)

@@ -1,4 +1,4 @@
-"""Propagation (SCALOR-SPEC §3.10, §3.11, §4.2): track every carried object into the next frame.
+"""Propagation (docs/model.md §3.10, §3.11, §4.2): track every carried object into the next frame.
 
 All B x N slots are processed at once; padded slots are masked afterwards.
 """
@@ -52,7 +52,7 @@ class PropagationStep:
 
 
 class PropagationPrior(nn.Module):
-    """Per-object LSTM prior p(z_t | z_<t) (SCALOR-SPEC §3.11)."""
+    """Per-object LSTM prior p(z_t | z_<t) (docs/model.md §3.11)."""
 
     def __init__(self, z_what_dim: int = 64, inp: int = 128, hid: int = 64):
         super().__init__()
@@ -94,7 +94,7 @@ class AttentionEncoder(nn.Module):
 
 
 class Propagation(nn.Module):
-    """Tracker GRU and the where/what/depth/presence transitions of SCALOR-SPEC §4.2."""
+    """Tracker GRU and the where/what/depth/presence transitions of docs/model.md §4.2."""
 
     def __init__(self, img_size: int, num_cell_h: int, num_cell_w: int, boxes: BoxCoder, glimpse_size: int,
                  win_hw: tuple[int, int], double_softplus_what_std: bool = True, z_what_dim: int = 64,

@@ -1,4 +1,4 @@
-"""Spatial transformer (SCALOR-SPEC §2.1) and glimpse-local compositing.
+"""Spatial transformer (docs/model.md §2.1) and glimpse-local compositing.
 
 Boxes are ``z_where = (sx, sy, tx, ty)`` in normalised [-1, 1] coordinates (x horizontal). Sampling
 is bilinear with zero padding and ``align_corners=False``, as in the reference.
@@ -188,7 +188,7 @@ def boxes_to_xyxy(z_where: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class BoxCoder:
-    """Box parametrisation of SCALOR-SPEC §2.2: size and ratio anchors with tanh ranges."""
+    """Box parametrisation of docs/model.md §2.2: size and ratio anchors with tanh ranges."""
 
     size_anc: float = 0.1
     var_s: float = 0.03

@@ -1,4 +1,4 @@
-"""SCALOR (SCALOR-SPEC §4): the loop over time of propagation, discovery, compositing, background,
+"""SCALOR (docs/model.md §4): the loop over time of propagation, discovery, compositing, background,
 likelihood and compaction into the next :class:`ObjectState`."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .views import VIEW_COUNTS, unview_boxes, view
 
 GLIMPSE_SIZES = (16, 32, 64)
 CHECKPOINT_FROM = 32  # checkpoint_decoder/encoder=auto: recompute the glimpse networks from this glimpse size on
-CURRICULUM_ALPHA = 0.9  # SCALOR-SPEC §4.5
+CURRICULUM_ALPHA = 0.9  # docs/model.md §4.5
 
 
 def _pow2(x: int) -> bool:
@@ -46,7 +46,7 @@ class SCALOR(nn.Module):
 
     forward(video (B,T,3,H,W) in [0,1], schedule) -> SequenceOutput. Layers are derived from
     (img_size, num_cell_h, num_cell_w, glimpse_size); at the reference's sizes the parameter names
-    and counts match it (SCALOR-SPEC §3.12).
+    and counts match it (docs/model.md §3.12).
     """
 
     def __init__(self, img_size: int = 128, num_cell_h: int = 8, num_cell_w: int = 8, glimpse_size: int = 64,
@@ -313,7 +313,7 @@ class SCALOR(nn.Module):
         return torch.where(start, next_id[:, None] + start.long().cumsum(1) - 1, 0)
 
     def _composite(self, prop: _Composite | None, disc: _Composite, schedule: Schedule) -> tuple[Tensor, Tensor]:
-        """Foreground (B,3,H,W) and total alpha A (B,1,H,W) (SCALOR-SPEC §4.4-§4.5)."""
+        """Foreground (B,3,H,W) and total alpha A (B,1,H,W) (docs/model.md §4.4-§4.5)."""
         imp, colour, alpha = disc.imp, disc.colour, disc.alpha
         if schedule.bg_alpha_curriculum:  # every discovery alpha canvas is the constant 0.9
             alpha = torch.full_like(alpha, CURRICULUM_ALPHA * self.discovery.num_cells)
@@ -346,7 +346,7 @@ class SCALOR(nn.Module):
         Returns the next state, the kept count (B,), the updated next_id (B,), the slot count to
         propagate (the largest kept count; the whole budget with ``fixed``, the resolved ``fixed_slots``) and the
         gather order (B, N_new) into [prop slots, disc cells]. One host sync unless ``fixed``: the new slot
-        count (SCALOR-SPEC §4.7 step 3).
+        count (docs/model.md §4.7 step 3).
         """
         b, k = disc.z_pres.shape
         keep_disc = disc.z_pres > self.z_pres_disc_threshold
@@ -383,7 +383,7 @@ class SCALOR(nn.Module):
         video (B,T,3,H,W) in [0,1]. carry continues an earlier window of the same sequences.
         observe_frames: None for inference; k >= 0 to infer frames t < k and imagine the rest from
         the priors (generation; video frames t >= k are then only used for the likelihood).
-        log_imp: also return the importance log-ratios of the NLL estimate (SCALOR-SPEC §4.10).
+        log_imp: also return the importance log-ratios of the NLL estimate (docs/model.md §4.10).
         track_only: boxes, IDs and counts only (tracking inference): no compositing, background or
         likelihood; recon is then empty (B, 0, 3, H, W) and log_like, kl_bg are zero. Offline tracking options
         of track-only calls: ``reverse_init`` (without carry: :meth:`track_both_ends`), ``backfill``
@@ -558,7 +558,7 @@ class SCALOR(nn.Module):
 
     @torch.no_grad()
     def importance_nll(self, video: Tensor, schedule: Schedule = Schedule(), samples: int | None = None) -> Tensor:
-        """(B,) importance-weighted NLL estimate in nats per sequence (SCALOR-SPEC §4.10).
+        """(B,) importance-weighted NLL estimate in nats per sequence (docs/model.md §4.10).
 
         Each sample's log weight is T * log_like + log_imp; NLL = -(logsumexp_K - log K).
         """

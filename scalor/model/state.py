@@ -15,7 +15,7 @@ from torch import Tensor
 
 
 PRESENCE_THRESHOLD = 0.5  # an object is reported (tracked, counted, drawn) when its presence exceeds this
-                         # (ARCHITECTURE.md §5)
+                         # (docs/model.md §7.3)
 
 
 def _map(obj, fn):
@@ -25,7 +25,7 @@ def _map(obj, fn):
 
 @dataclass
 class ObjectState:
-    """Tracked objects after a frame, SCALOR-SPEC §4.0. Shapes: (B, N, ·); ids/mask (B, N).
+    """Tracked objects after a frame, docs/model.md §4.0. Shapes: (B, N, ·); ids/mask (B, N).
 
     z_where is the decoded box (sx, sy, tx, ty); z_depth the raw Gaussian sample; z_pres the soft
     presence after masking; h the tracker GRU state; prior_h/prior_c the prior LSTM state;
@@ -99,7 +99,7 @@ class SequenceOutput:
     """What ``SCALOR.forward`` returns for a batch of sequences.
 
     recon (B, T, 3, H, W). Loss terms (B,), each the mean over frames of the per-frame value
-    (SCALOR-SPEC §4.7): log_like, kl_what, kl_where, kl_depth, kl_pres, kl_bg. log_imp (B,) is the
+    (docs/model.md §4.7): log_like, kl_what, kl_where, kl_depth, kl_pres, kl_bg. log_imp (B,) is the
     sum over frames of the importance log-ratio (zeros unless asked for). counts (B, T): objects
     tracked after each frame. boxes (B, T, N, 4): normalised (x1, y1, x2, y2) in [0, 1] of the
     tracked objects after each frame; ids (B, T, N) int64 with -1 for padding; presence (B, T, N)
@@ -129,5 +129,5 @@ class SequenceOutput:
 
     @property
     def neg_elbo(self) -> Tensor:
-        """(B,) negative ELBO per frame (SCALOR-SPEC §4.8); the loss is its batch mean."""
+        """(B,) negative ELBO per frame (docs/model.md §4.8); the loss is its batch mean."""
         return -self.log_like + self.kl
