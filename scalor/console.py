@@ -3,7 +3,8 @@
 Lightning's informational messages (seed, hardware, checkpoint restores, its advertising tip) still go to the
 run's ``run.log`` through Hydra's file handler; only their console copy is dropped. A few warnings that say
 nothing a user can act on are filtered out: a deprecation inside Lightning's own code, and advice about this
-project's deliberate settings (single-process data loading, short epochs in smoke runs).
+project's deliberate settings (single-process data loading, short epochs in smoke runs, a new folder for
+every run).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ IGNORED_WARNINGS = (
     r".*treespec, LeafSpec.*",                      # lightning/pytorch/utilities/_pytree.py, not ours to change
     r".*is smaller than the logging interval.*",    # tiny runs (fast_dev_run, tests) log less often than 10 steps
     r".*does not have many workers.*",              # data.num_workers=0 is the default on purpose (2 CPU cores)
+    r".*The dirpath has changed from.*",            # every run has its own folder, also a resumed or tested one
 )
 
 
