@@ -28,6 +28,7 @@ from torch import Tensor
 
 from scalor.errors import ConfigError, DataError, ScalorError
 from scalor.model import PRESENCE_THRESHOLD, SCALOR
+from scalor.model.config import upgrade_saved_config
 from scalor.schedules import Curriculum, Schedule
 from scalor.viz import (VideoWriter, draw_boxes, draw_trails, make_grid, mark_generated, mot_rows, to_uint8_hwc,
                         write_mot_txt)
@@ -334,7 +335,9 @@ def model_weights(state_dict: Mapping) -> dict:
 
 def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SCALOR:
     """Rebuild SCALOR from a Lightning checkpoint: ``hyper_parameters['model']`` (SCALOR kwargs, ``_target_``
-    allowed) and the ``model.``-prefixed weights of ``state_dict``. Returns the model in eval mode.
+    allowed; options removed since the checkpoint was written are dropped where they were off, see
+    :func:`scalor.model.config.upgrade_saved_config`) and the ``model.``-prefixed weights of ``state_dict``.
+    Returns the model in eval mode.
 
     Only load checkpoints you trust: Lightning checkpoints are pickles.
     """
@@ -354,6 +357,7 @@ def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(cfg, Mapping):
         raise ScalorError(f"checkpoint {path} has no model config: expected hyper_parameters['model'] with the "
                           "SCALOR settings; was it written by scalor's training (task=fit)?")
+    cfg = upgrade_saved_config(cfg, f"checkpoint {path} was")  # options removed since: off, or a ConfigError
     kwargs = {str(k): v for k, v in cfg.items() if not str(k).startswith("_")}
     accepted = set(inspect.signature(SCALOR.__init__).parameters) - {"self"}
     unknown = sorted(set(kwargs) - accepted)

@@ -15,6 +15,7 @@ from scalor.errors import ConfigError
 from scalor.inference import inference_mode
 from scalor.metrics import CountingMetrics, ErrorBreakdown, MOTMetrics
 from scalor.model import PRESENCE_THRESHOLD, SCALOR, SequenceOutput
+from scalor.model.config import REMOVED_OPTIONS, upgrade_saved_config
 from scalor.resume import step_seed
 from scalor.schedules import Curriculum, Schedule
 
@@ -45,15 +46,16 @@ class SCALORLitModule(L.LightningModule):
     """Trains SCALOR on batches ``{"video": (B, T, 3, H, W), ["boxes", "ids"]}``.
 
     model: the model config (conf/model/scalor.yaml with the grid and image size filled in), saved in the
-    checkpoint so that ``load_from_checkpoint`` rebuilds the same network. curriculum: the schedule parameters
-    (conf/curriculum). optimizer / scheduler: Hydra ``_partial_`` factories, called with the parameters / the
-    optimiser (default: RMSprop, lr 4e-5, no scheduler). seed: with the global step, it reseeds torch's
-    generator before every training step (exact resume, see scalor/resume.py). train_seq_len: train on random
-    windows of this many frames of each batch (validation and test see whole sequences); None: whole ones.
-    tracking_inference: how validation and test infer the tracks that the tracking and counting metrics score:
-    ``deterministic`` (posterior means and u = 0.5 presence, as ``task=track`` tracks; one more, track-only
-    pass) or ``sampled`` (the posterior sample that the ELBO of the same pass uses). experiment: the run's
-    name, kept in the checkpoint so that ``task=track`` names its run folder after it.
+    checkpoint so that ``load_from_checkpoint`` rebuilds the same network (an older checkpoint's options that no
+    longer exist are dropped where they were off: :func:`scalor.model.config.upgrade_saved_config`). curriculum:
+    the schedule parameters (conf/curriculum). optimizer / scheduler: Hydra ``_partial_`` factories, called with
+    the parameters / the optimiser (default: RMSprop, lr 4e-5, no scheduler). seed: with the global step, it
+    reseeds torch's generator before every training step (exact resume, see scalor/resume.py). train_seq_len: train
+    on random windows of this many frames of each batch (validation and test see whole sequences); None: whole
+    ones. tracking_inference: how validation and test infer the tracks that the tracking and counting metrics
+    score: ``deterministic`` (posterior means and u = 0.5 presence, as ``task=track`` tracks; one more, track-only
+    pass) or ``sampled`` (the posterior sample that the ELBO of the same pass uses). experiment: the run's name,
+    kept in the checkpoint so that ``task=track`` names its run folder after it.
 
     Loss: the batch mean of the negative ELBO per frame (docs/model.md §4.8). Logged per step: ``train/*`` loss
     and KL terms, object counts and ``schedule/*``; per epoch: ``val/*`` and ``test/*`` terms and, where the
@@ -70,6 +72,8 @@ class SCALORLitModule(L.LightningModule):
                  tracking_inference: str = "deterministic", fit_val_pick_views: Optional[int] = None,
                  experiment: Optional[str] = None) -> None:
         super().__init__()
+        if model is not None and any(key in model for key in REMOVED_OPTIONS):  # an older checkpoint's hparams
+            model = upgrade_saved_config(model)  # (load_from_checkpoint); saved below as upgraded
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.model: SCALOR = _build(model, SCALOR)
         self.curriculum: Curriculum = _build(curriculum, Curriculum)

@@ -34,6 +34,7 @@ from scalor.errors import ConfigError, ScalorError
 from scalor.launch import use_job_command_for_ddp_workers
 from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule, check_fit_val_pick_views
 from scalor.model import SCALOR
+from scalor.model.config import upgrade_saved_config
 from scalor.resume import resumable_train_loader
 from scalor.schedules import Curriculum
 from scalor.summary import write_summary
@@ -43,11 +44,10 @@ TASKS = ("fit", "test", "track", "generate")
 # Set by Lightning's DDP launcher in the process that starts the workers (restored after each job).
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 # Model keys that only change how a trained network is run, not its weights (the five from fixed_slots: speed
-# options that give the same outputs; the last two: approximations that skip cells of low presence).
-RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic", "reverse_init", "backfill",
-                      "backfill_copy_iou", "pick_direction", "pick_views", "inference_duplicate_min_iou", "fixed_slots",
-                      "checkpoint_decoder", "checkpoint_encoder", "channels_last", "compile", "skip_glimpse_below",
-                      "train_skip_glimpse_below")
+# options that give the same outputs; the last one: an approximation that skips cells of low presence).
+RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic", "backfill", "backfill_copy_iou",
+                      "pick_direction", "pick_views", "fixed_slots", "checkpoint_decoder", "checkpoint_encoder",
+                      "channels_last", "compile", "skip_glimpse_below")
 # Where each model key is set from (for error messages).
 MODEL_KEY_SOURCE = {"img_size": "data.img_size", "num_cell_h": "grid.num_cell_h", "num_cell_w": "grid.num_cell_w"}
 HIGHER_IS_BETTER = ("mota", "motp", "idf1", "idp", "idr", "precision", "recall", "count_acc", "log_like",
@@ -139,10 +139,8 @@ def track(cfg: DictConfig) -> dict:
         raise ConfigError(f"data.img_size={data.img_size} is set on the command line but task=track runs the "
                           f"checkpoint's model at its own {size} px input (tracks come out in the footage's pixels "
                           f"whatever that size); drop data.img_size or set data.img_size={size}.")
-    for key in ("reverse_init", "backfill"):  # the checkpoint's setting, or switched on for this run
-        if cfg.model.get(key):
-            setattr(model, key, True)
-    if cfg.model.get("backfill"):
+    if cfg.model.get("backfill"):  # the checkpoint's setting, or switched on for this run
+        model.backfill = True
         model.backfill_copy_iou = float(cfg.model.get("backfill_copy_iou", model.backfill_copy_iou))
     fit = FrameFit(size, data.get("resize", "resize"), data.get("crop_size"), int(data.get("frame_skip", 1)))
     stats = track_video(model, footage_frames(data.path, fit.frame_skip), cfg.paths.output_dir,
@@ -235,6 +233,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
         if saved is None:
             raise ConfigError(f"ckpt_path={ckpt_path} holds no scalor model config; pass a checkpoint written by "
                               "`python run.py` (task=fit).")
+        saved = upgrade_saved_config(saved, f"ckpt_path={ckpt_path} was")  # options removed since: off, or an error
         # fit/test build the model from this config; generate runs the checkpoint's model on this data, so only
         # the image size must agree; track resizes the video to the checkpoint's image size.
         keys = {"fit": sorted(set(saved) | set(resolved["model"])), "generate": ["img_size"], "track": []}

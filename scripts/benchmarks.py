@@ -62,8 +62,6 @@ CASES = [
     ("64px 4x4, 10 obj, glimpse 16, T10, B4, train",  # 16 px: not a size the spec defines (the easy experiments')
      SMALL_ANY + ["model.glimpse_size=16"] + BATCH4, *SMALL_TARGET),
     ("dsprites_easy as trained (64px 8x8, glimpse 16, T10, B8)", EASY + ["bench.steps=5"], "(the learning run)", None),
-    ("same, train_skip_glimpse_below=0.02", EASY + ["model.train_skip_glimpse_below=0.02", "bench.steps=5"],
-     "(approximation)", None),
     ("dsprites_easy on 5-frame windows (its earlier 60-minute runs), T5, B8", EASY_T5 + ["bench.steps=5"],
      "(the earlier learning runs)", None),
     ("dsprites_easy 4x4, glimpse 32 (its earlier 60-minute run), T5, B8", EASY_4X4 + ["bench.steps=5"], "(the earlier learning run)", None),

@@ -28,6 +28,10 @@ TINY = ["trainer=cpu", "logger=none", "data.img_size=64", "data.seq_len=3", "dat
         "trainer.enable_model_summary=false", "test_after_fit=false"]
 # Set where the data config has the key (generated sets).
 TINY_DATA = {"num_train": 8, "num_val": 2, "num_test": 2}
+# Removed model options as checkpoints written before their removal saved them (off: conf/model/scalor.yaml then).
+OLD_OFF = {"reverse_init": False, "inference_duplicate_min_iou": None, "train_skip_glimpse_below": 0.0,
+           "track_duplicate_iou": 0.0, "reject_min_iou": 0.0, "duplicate_ratio_threshold": None,
+           "duplicate_copy_iou": 0.0}
 
 
 def experiments() -> list[str]:

@@ -3,16 +3,18 @@ one line naming the key (exit code 2, no traceback, no data generated)."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT, experiments
+from conftest import CONF, OLD_OFF, ROOT, experiments
 from scalor.errors import ConfigError
 from scalor.inference import inference_schedule
 from scalor.schedules import Curriculum
@@ -215,10 +217,8 @@ BAD = [
     (["data.batch_size=0"], "data.batch_size=0"),
     (["train_seq_len=0"], "train_seq_len=0 must be a number of frames"),
     (["model.box_source=corners"], "model.box_source=corners is unknown"),
-    (["model.reverse_init=maybe"], "model.reverse_init=maybe has the wrong type: SCALOR's reverse_init takes true or"),
     (["model.backfill=1"], "model.backfill=1 has the wrong type: SCALOR's backfill takes true or false"),
     (["model.pick_direction=1"], "model.pick_direction=1 has the wrong type: SCALOR's pick_direction takes true"),
-    (["model.pick_direction=true", "model.reverse_init=true"], "set one of them false"),
     (["model.pick_views=3", "model.pick_direction=true"], "model.pick_views=3 must be one of 1, 2, 4, 8"),
     (["model.pick_views=4"], "model.pick_views=4 needs model.pick_direction=true"),
     (["model.fixed_slots=always"], "model.fixed_slots='always' must be true, false or auto"),
@@ -254,20 +254,58 @@ def test_checkpoint_that_does_not_match_the_config(compose_cfg, tmp_path):
     with pytest.raises(ConfigError, match="trained with grid.num_cell_h=8 but this config has 4"):
         check_config(compose_cfg(f"ckpt_path={path}"))
     # keys that only change how a trained network runs may differ, or be missing from older checkpoints
-    older = ("reverse_init", "backfill", "backfill_copy_iou", "pick_direction", "pick_views",
-             "inference_duplicate_min_iou")
+    older = ("backfill", "backfill_copy_iou", "pick_direction", "pick_views")
     torch.save({"hyper_parameters": {"model": {k: v for k, v in model.items() if k not in older}}}, path)
-    assert check_config(compose_cfg(f"ckpt_path={path}", "model.reverse_init=true", "model.backfill=true",
+    assert check_config(compose_cfg(f"ckpt_path={path}", "model.backfill=true",
                                     "model.backfill_copy_iou=0.9")) == str(path)
     assert check_config(compose_cfg(f"ckpt_path={path}", "model.pick_direction=true", "model.pick_views=8",
-                                    "model.inference_duplicate_min_iou=0.3", "model.skip_glimpse_below=0.1",
-                                    "model.train_skip_glimpse_below=0.02")) == str(path)
+                                    "model.skip_glimpse_below=0.1")) == str(path)
     # nor do the speed options, whose outputs are the same (a checkpoint trained without fixed slots, say)
     torch.save({"hyper_parameters": {"model": {**model, "fixed_slots": False, "checkpoint_decoder": True}}}, path)
     assert check_config(compose_cfg(f"ckpt_path={path}", "model.fixed_slots=auto")) == str(path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="is not a readable checkpoint"):
         check_config(compose_cfg(f"ckpt_path={path}"))
+
+
+def _old_checkpoint(cfg, path) -> None:
+    """A checkpoint as `python run.py experiment=...` wrote it before the removed model options went: its saved
+    model config has them at their defaults (off); the weights are the module's of ``cfg``."""
+    from scalor.tasks import build_module
+
+    module = build_module(cfg)
+    hparams = {**module.hparams, "model": {**module.hparams["model"], **OLD_OFF}}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "global_step": 7, "epoch": 0,
+                "pytorch-lightning_version": L.__version__}, path)
+
+
+def test_test_task_of_a_checkpoint_written_before_options_were_removed(compose_cfg, tmp_path):
+    """python run.py task=test ckpt_path=<old checkpoint> experiment=dsprites_easy: the removed options, saved off,
+    neither fail the checkpoint-vs-config check (test, fit resume, track) nor the test; the module rebuilds from
+    its hparams too (load_from_checkpoint)."""
+    from scalor.lit_module import SCALORLitModule
+
+    path = tmp_path / "old.ckpt"
+    _old_checkpoint(compose_cfg("experiment=dsprites_easy", "model.pick_views=1"), path)
+    assert check_config(compose_cfg("experiment=dsprites_easy", f"ckpt_path={path}")) == str(path)  # fit resume
+    assert check_config(compose_cfg("experiment=dsprites_easy", "task=track", f"ckpt_path={path}", "data=video",
+                                    f"data.path={tmp_path / 'clip.mp4'}")) == str(path)
+    module = SCALORLitModule.load_from_checkpoint(path, map_location="cpu")
+    assert not set(OLD_OFF) & set(module.hparams["model"])
+    metrics = run(compose_cfg("experiment=dsprites_easy", "task=test", f"ckpt_path={path}", "model.pick_views=1"))
+    assert metrics is not None and math.isfinite(metrics)
+
+
+@pytest.mark.parametrize("task", ["test", "fit"])
+def test_checkpoint_trained_with_a_removed_option_switched_on(compose_cfg, tmp_path, task):
+    path = tmp_path / "old.ckpt"
+    torch.save({"hyper_parameters": {"model": {**OmegaConf.to_container(compose_cfg().model, resolve=True),
+                                               **OLD_OFF, "reverse_init": True}}}, path)
+    with pytest.raises(ConfigError) as err:
+        run(compose_cfg(f"task={task}", f"ckpt_path={path}", f"paths.data_dir={tmp_path / 'fresh'}"))
+    assert str(err.value) == (f"ckpt_path={path} was trained with model.reverse_init=true, an option that no longer "
+                              "exists; use an earlier version of scalor to evaluate it.")
+    assert not (tmp_path / "fresh").exists()  # nothing generated or read
 
 
 CLI_BAD = [["model.glimpse_size=20"], ["task=test"], ["data.batch_size=0"], ["trainer.max_steps=abc"],

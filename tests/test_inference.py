@@ -13,10 +13,11 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 import scalor.inference as inference
-from conftest import read_video
+from conftest import OLD_OFF, read_video
 from scalor.errors import ConfigError, DataError, ScalorError
-from scalor.inference import generate_videos, inference_schedule, load_model, track_video
+from scalor.inference import generate_videos, load_model, track_video
 from scalor.model import SCALOR
+from scalor.model.config import REMOVED_OPTIONS, upgrade_saved_config
 
 torch.set_num_threads(1)
 
@@ -91,33 +92,6 @@ def test_track_video_matches_one_window_run(tmp_path):
     b = parse_mot(tmp_path / "w12" / "tracks.txt")
     assert [r[:2] for r in a] == [r[:2] for r in b]
     np.testing.assert_allclose(np.array([r[2:] for r in a]), np.array([r[2:] for r in b]), atol=0.02)
-
-
-def test_track_video_with_reverse_init_starts_from_the_first_window_tracked_backwards(tmp_path):
-    """model.reverse_init: the first window is tracked from both ends (its first frame's objects from the frames
-    tracked backwards), later windows continue its carry, and IDs still persist over the whole video."""
-    model = tiny_model()
-    model.reverse_init = True
-    summary = track_video(model, squares(12), tmp_path, window=5)
-    rows = parse_mot(tmp_path / "tracks.txt")
-    video = torch.from_numpy(np.stack(list(squares(5))))[None]
-    with torch.no_grad():
-        model.eval()
-        model.deterministic = True
-        first = model.track_both_ends(video, inference_schedule())
-        plain = model(video, inference_schedule(), carry=model.initial_carry(1, "cpu"), track_only=True)
-    keep = (first.presence[0, 0] > 0.5) & (first.ids[0, 0] >= 0)
-    assert sorted(oid for f, oid, *_ in rows if f == 1) == sorted(first.ids[0, 0][keep].tolist())
-    xyxy = lambda out: sorted(tuple(round(v * 64, 2) for v in b) for b in out.boxes[0, 0][  # noqa: E731
-        (out.presence[0, 0] > 0.5) & (out.ids[0, 0] >= 0)].tolist())
-    written = sorted((round(x, 2), round(y, 2), round(x + w, 2), round(y + h, 2)) for f, _, x, y, w, h, _ in rows
-                     if f == 1)
-    np.testing.assert_allclose(written, xyxy(first), atol=0.02)
-    assert xyxy(plain) != xyxy(first)  # the forward pass alone starts elsewhere
-    frames_of = defaultdict(set)
-    for frame, oid, *_ in rows:
-        frames_of[oid].add(frame)
-    assert any(f == set(range(1, 13)) for f in frames_of.values()) and summary["frames"] == 12
 
 
 def test_track_video_with_backfill_keeps_every_forward_row(tmp_path):
@@ -232,6 +206,58 @@ def test_load_model_errors(tmp_path):
     torch.save({"hyper_parameters": {"model": TINY}, "state_dict": {"other.x": torch.zeros(1)}}, no_weights)
     with pytest.raises(ScalorError, match="no model weights"):
         load_model(no_weights)
+
+
+OLD_ON = [("reverse_init", True, "true"), ("inference_duplicate_min_iou", 0.3, "0.3"),
+          ("train_skip_glimpse_below", 0.02, "0.02"), ("track_duplicate_iou", 0.8, "0.8"),
+          ("reject_min_iou", 0.3, "0.3"), ("duplicate_ratio_threshold", 0.6, "0.6"), ("duplicate_copy_iou", 0.5, "0.5")]
+
+
+def test_upgrade_saved_config_drops_removed_options_that_were_off():
+    assert REMOVED_OPTIONS == OLD_OFF
+    cfg = {"_target_": "scalor.model.SCALOR", **TINY, "backfill": True}
+    assert upgrade_saved_config({**cfg, **OLD_OFF}) == cfg
+    assert upgrade_saved_config({**cfg, "track_duplicate_iou": 0}) == cfg  # an int 0 is off as well
+    assert upgrade_saved_config(cfg) == cfg  # a current config passes as it is
+
+
+# not the off value either: 0 for a flag, 0 where null meant off (0 is a threshold there)
+NOT_OFF = [("reverse_init", 0, "0"), ("duplicate_ratio_threshold", 0.0, "0.0"), ("inference_duplicate_min_iou", 0, "0")]
+
+
+@pytest.mark.parametrize("key,value,shown", OLD_ON + NOT_OFF)
+def test_upgrade_saved_config_refuses_a_removed_option_that_was_on(key, value, shown):
+    """A removed option saved with any value but its off value: the checkpoint ran a code path that is gone."""
+    with pytest.raises(ConfigError) as err:
+        upgrade_saved_config({**TINY, **OLD_OFF, key: value})
+    assert str(err.value) == (f"checkpoint trained with model.{key}={shown}, an option that no longer exists; use "
+                              "an earlier version of scalor to evaluate it.")
+
+
+def test_load_model_of_a_checkpoint_with_removed_options(tmp_path):
+    """A checkpoint written before the options were removed loads where they were off (the same network and
+    weights); one that switched an option on stops with one line naming it."""
+    model = tiny_model(seed=3)
+    old = tmp_path / "old.ckpt"
+    torch.save(_checkpoint(model, OmegaConf.create({"_target_": "scalor.model.SCALOR", **TINY, **OLD_OFF})), old)
+    loaded = load_model(old)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    video = torch.from_numpy(np.stack(list(squares(4))))[None]
+    model.eval()
+    model.deterministic = loaded.deterministic = True
+    with torch.no_grad():
+        a, b = model(video, track_only=True), loaded(video, track_only=True)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.boxes, b.boxes)
+    for key, value, shown in OLD_ON:
+        on = tmp_path / f"{key}.ckpt"
+        torch.save(_checkpoint(model, {**TINY, **OLD_OFF, key: value}), on)
+        with pytest.raises(ConfigError) as err:
+            load_model(on)
+        text = str(err.value)
+        assert text == (f"checkpoint {on} was trained with model.{key}={shown}, an option that no longer exists; "
+                        "use an earlier version of scalor to evaluate it.")
+        assert "\n" not in text
 
 
 def test_load_model_from_lit_module_checkpoint(tmp_path):

@@ -136,9 +136,6 @@ def test_model_pick_matches_the_chosen_track_only_pass():
 def test_config_checks():
     with pytest.raises(ConfigError, match="pick_direction"):
         SCALOR.validate_config(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, pick_direction="yes")
-    with pytest.raises(ConfigError, match="reverse_init=true and model.pick_direction=true"):
-        SCALOR.validate_config(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, pick_direction=True,
-                               reverse_init=True)
 
 
 def test_streaming_tracks_forwards_and_keeps_the_setting(tmp_path, monkeypatch):

@@ -93,9 +93,7 @@ class Discovery(nn.Module):
     def __init__(self, img_size: int, num_cell_h: int, num_cell_w: int, boxes: BoxCoder, glimpse_size: int,
                  win_hw: tuple[int, int], max_num_obj: int, explained_ratio_threshold: float = 0.3,
                  gen_disc_pres_probs: float = 0.1, kl_weight_pre_rejection: bool = True, z_what_dim: int = 64,
-                 center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
-                 reject_min_iou: float = 0.0, duplicate_ratio_threshold: float | None = None,
-                 duplicate_copy_iou: float = 0.0, inference_duplicate_min_iou: float | None = None):
+                 center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0):
         super().__init__()
         self.proposal = ProposalNet(img_size, num_cell_h, num_cell_w)
         self.img_hw = (img_size, img_size)
@@ -111,25 +109,12 @@ class Discovery(nn.Module):
         self.center_range = center_range
         self.reject_duplicates = reject_duplicates
         self.duplicate_min_iou = duplicate_min_iou
-        self.inference_duplicate_min_iou = inference_duplicate_min_iou
-        self.duplicate_copy_iou = duplicate_copy_iou
-        self.duplicate_ratio_threshold = (explained_ratio_threshold if duplicate_ratio_threshold is None
-                                          else duplicate_ratio_threshold)
-        self.reject_min_iou = reject_min_iou
         rows, cols = torch.meshgrid(torch.arange(num_cell_h), torch.arange(num_cell_w), indexing="ij")
         self.register_buffer("cell_xy", torch.stack([cols.flatten(), rows.flatten()], -1).float(), persistent=False)
 
     @property
     def num_cells(self) -> int:
         return self.grid[0] * self.grid[1]
-
-    @property
-    def pairwise_min_iou(self) -> float:
-        """The duplicate test's ``duplicate_min_iou`` in this mode: ``inference_duplicate_min_iou`` in eval mode
-        where set (validation, tests, tracking), ``duplicate_min_iou`` otherwise."""
-        if self.training or self.inference_duplicate_min_iou is None:
-            return self.duplicate_min_iou
-        return self.inference_duplicate_min_iou
 
     def decode_where(self, raw: Tensor) -> Tensor:
         """Raw (size, ratio, x, y) logits (B,K,4) -> boxes (sx, sy, tx, ty) (B,K,4)."""
@@ -141,19 +126,16 @@ class Discovery(nn.Module):
 
     def _duplicates(self, win: Windows, mask: Tensor, area: Tensor, full: Tensor | None, strength: Tensor) -> Tensor:
         """(B,K) bool: proposals that a more present proposal of the same frame explains. mask (B,K,wh,ww),
-        area (B,K) its pixel counts, full (B,K,H*W) the masks on full canvases (needed with duplicate_min_iou or
-        duplicate_copy_iou), strength (B,K) (a proposal of strength 0 covers nothing; ties go to the earlier cell).
+        area (B,K) its pixel counts, full (B,K,H*W) the masks on full canvases (needed with duplicate_min_iou),
+        strength (B,K) (a proposal of strength 0 covers nothing; ties go to the earlier cell).
 
         duplicate_min_iou = 0: the masks of all stronger proposals together cover at least
-        ``duplicate_ratio_threshold`` of the proposal's mask (one scatter-max of ranks over the frame, no K x K).
+        ``explained_ratio_threshold`` of the proposal's mask (one scatter-max of ranks over the frame, no K x K).
         duplicate_min_iou > 0: one stronger proposal alone covers that much of it and their masks' IoU is at least
         duplicate_min_iou, so a copy (IoU near 1) goes while an object inside a stronger proposal that draws it and
         a neighbour (IoU about 0.5 or less) stays; this compares all K x K pairs of masks (one batched matmul).
-        duplicate_copy_iou > 0: also a duplicate, whatever the share covered, when one stronger proposal's mask has
-        at least this IoU with it (a copy drawn with a wider mask; K x K as well). In eval mode
-        ``inference_duplicate_min_iou`` stands for duplicate_min_iou where set (:attr:`pairwise_min_iou`).
         """
-        min_iou = self.pairwise_min_iou
+        min_iou = self.duplicate_min_iou
         k = strength.shape[1]
         order = torch.sort(strength, dim=-1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(k, 0, -1, device=order.device).expand_as(order))
@@ -163,37 +145,28 @@ class Discovery(nn.Module):
                                        self.img_hw)
             seen = gather_windows(win, top[:, None], self.img_hw)[:, :, 0]  # (B, K, wh, ww)
             covered = (mask & (seen > rank[..., None, None])).flatten(2).sum(-1)
-            dup = covered >= self.duplicate_ratio_threshold * area
-            if self.duplicate_copy_iou <= 0:
-                return dup
+            return covered >= self.explained_ratio_threshold * area
         stronger = (rank[:, None, :] > rank[:, :, None]) & (strength > 0)[:, None, :]
-        inter, iou = mask_overlaps(full, full)  # one K x K pass for both pairwise tests
-        if min_iou > 0:
-            dup = (stronger & self._explained_by_one(inter, iou, area, min_iou,
-                                                     self.duplicate_ratio_threshold)).any(-1)
-        if self.duplicate_copy_iou > 0:
-            dup = dup | (stronger & (iou >= self.duplicate_copy_iou) & (inter > 0)).any(-1)
-        return dup
+        inter, iou = mask_overlaps(full, full)  # one K x K pass
+        return (stronger & self._explained_by_one(inter, iou, area, min_iou, self.explained_ratio_threshold)).any(-1)
 
     @staticmethod
     def _explained_by_one(inter: Tensor, iou: Tensor, area: Tensor, min_iou: float, ratio: float) -> Tensor:
-        """Shared pixels inter (B,K,M) and mask IoU iou (B,K,M) of proposals and objects (``mask_overlaps``),
-        proposal areas (B,K) -> (B,K,M) bool: object m alone covers ``ratio`` of proposal k's mask and their IoU
+        """Shared pixels inter (B,K,M) and mask IoU iou (B,K,M) of proposals k and masks m (``mask_overlaps``),
+        proposal areas (B,K) -> (B,K,M) bool: mask m alone covers ``ratio`` of proposal k's mask and their IoU
         is at least min_iou."""
         return (inter >= ratio * area[:, :, None]) & (iou >= min_iou)
 
     def forward(self, feats: Tensor | None, frame: Tensor | None, alpha_prop: Tensor, lengths: Tensor,
                 z_pres_prior: float, tau: float, reject: bool, encoder: Encode,
                 decoder: Decode, deterministic: bool, imagine: bool = False,
-                log_imp: bool = False, skip_below: float = 0.0, prop_masks: Tensor | None = None,
-                dedup: bool = True) -> DiscoveryStep:
+                log_imp: bool = False, skip_below: float = 0.0, dedup: bool = True) -> DiscoveryStep:
         """feats (B,64,Gh,Gw), frame (B,3,H,W) (both None when imagined), alpha_prop (B,1,H,W)
         detached and clamped, lengths (B,) objects tracked before this frame -> DiscoveryStep.
 
         skip_below > 0 (an approximation for inference): cells whose relaxed presence is below it are
-        switched off and neither encoded nor decoded (one host sync for the active count). prop_masks (B,N,H*W)
-        bool: each propagated object's mask (presence times alpha > 0.1), needed with ``reject_min_iou``. dedup=False
-        skips the duplicate test of this call (``reject_duplicates`` then acts as if off)."""
+        switched off and neither encoded nor decoded (one host sync for the active count). dedup=False skips the
+        duplicate test of this call (``reject_duplicates`` then acts as if off)."""
         b, k = alpha_prop.shape[0], self.num_cells
         zeros = alpha_prop.new_zeros(b)
         if imagine:
@@ -238,22 +211,17 @@ class Discovery(nn.Module):
         win = render_windows(glimpse, z_where, self.win_hw, self.img_hw)
 
         # Accept-reject: a proposal whose binarised mask is mostly covered by propagated objects (and, with
-        # reject_duplicates, by a more present proposal of the same frame); with reject_min_iou / duplicate_min_iou
-        # one such object alone must cover it and overlap it with that mask IoU.
+        # reject_duplicates, by a more present proposal of the same frame); with duplicate_min_iou one such
+        # proposal alone must cover it and overlap it with that mask IoU.
         dedup = self.reject_duplicates and dedup and not imagine
         checked = reject or dedup
         accept = torch.ones(b, k, dtype=torch.bool, device=alpha_prop.device)
         if checked:
             mask = (win.data[:, :, 3] > 0.3) & win.valid  # (B, K, wh, ww)
             area = mask.flatten(2).sum(-1) + 1e-15
-            pairwise = (reject and self.reject_min_iou > 0) or (
-                dedup and (self.pairwise_min_iou > 0 or self.duplicate_copy_iou > 0))
+            pairwise = dedup and self.duplicate_min_iou > 0
             full = window_masks(win, mask, self.img_hw).to(area.dtype) if pairwise else None  # (B, K, H*W)
-        if reject and self.reject_min_iou > 0:
-            inter, iou = mask_overlaps(full, prop_masks.to(area.dtype))
-            accept = ~self._explained_by_one(inter, iou, area, self.reject_min_iou,
-                                             self.explained_ratio_threshold).any(-1)
-        elif reject:
+        if reject:
             covered = mask & (gather_windows(win, alpha_prop, self.img_hw)[:, :, 0] > 0.1)
             accept = covered.flatten(2).sum(-1) < self.explained_ratio_threshold * area
         if dedup:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .distributions import (bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob, prob_to_logit,
                             relaxed_bernoulli, sample_normal)
 from .encoders import Decode, Encode, cg
-from .render import BoxCoder, Windows, extract, mask_overlaps, presence_masks, render_windows
+from .render import BoxCoder, Windows, extract, render_windows
 from .state import ObjectState
 
 PRES_LOGIT_FACTOR = 8.8
@@ -98,14 +98,13 @@ class Propagation(nn.Module):
 
     def __init__(self, img_size: int, num_cell_h: int, num_cell_w: int, boxes: BoxCoder, glimpse_size: int,
                  win_hw: tuple[int, int], double_softplus_what_std: bool = True, z_what_dim: int = 64,
-                 rnn_dim: int = 128, duplicate_iou: float = 0.0):
+                 rnn_dim: int = 128):
         super().__init__()
         self.img_hw = (img_size, img_size)
         self.boxes = boxes
         self.glimpse_size = glimpse_size
         self.win_hw = win_hw
         self.double_softplus_what_std = double_softplus_what_std
-        self.duplicate_iou = duplicate_iou
         att = 128
         self.attention = AttentionEncoder(num_cell_h, num_cell_w, out=att)
         self.rnn_input = nn.Linear(4 + 1 + z_what_dim + 4 + att, rnn_dim)
@@ -116,16 +115,6 @@ class Propagation(nn.Module):
         self.depth_net = mlp(rnn_dim + z_what_dim + att, 128, 2)
         self.pres_net = mlp(rnn_dim + 4 + 4 + z_what_dim, 64, 1)
         self.prior = PropagationPrior(z_what_dim)
-
-    def _copies(self, win: Windows, z_pres: Tensor) -> Tensor:
-        """(B,N) bool: objects whose mask (``presence_masks``) has IoU >= ``duplicate_iou`` with the mask of an
-        object in an earlier slot (tracked longer: slots keep their order). Compares all N x N pairs."""
-        with torch.no_grad():
-            full = presence_masks(win, z_pres, self.img_hw).to(z_pres.dtype)  # (B, N, H*W)
-            inter, iou = mask_overlaps(full, full)
-            n = z_pres.shape[1]
-            earlier = torch.ones(n, n, dtype=torch.bool, device=z_pres.device).tril(-1)  # [j, i]: i < j
-            return (earlier & (iou >= self.duplicate_iou) & (inter > 0)).any(-1)
 
     def forward(self, s: ObjectState, feats: Tensor | None, frame: Tensor | None, tau: float,
                 encoder: Encode, decoder: Decode, deterministic: bool,
@@ -176,8 +165,6 @@ class Propagation(nn.Module):
 
         g = self.glimpse_size
         win = render_windows(decoder(z_what.flatten(0, 1)).view(b, n, 4, g, g), z_where, self.win_hw, self.img_hw)
-        if self.duplicate_iou > 0 and not imagine:
-            z_pres = z_pres * ~self._copies(win, z_pres)
 
         if imagine:
             kls = (zeros, zeros, zeros, zeros)

@@ -147,12 +147,6 @@ def window_masks(win: Windows, mask: Tensor, img_hw: tuple[int, int]) -> Tensor:
     return full[..., : h * w]
 
 
-def presence_masks(win: Windows, z_pres: Tensor, img_hw: tuple[int, int]) -> Tensor:
-    """Where objects draw: presence times rendered alpha > 0.1 (the reference's "explained" level), on full
-    canvases. win (B, M, 4, wh, ww), z_pres (B, M) -> (B, M, H*W) bool."""
-    return window_masks(win, win.data[:, :, 3] * z_pres[..., None, None].detach() > 0.1, img_hw)
-
-
 def mask_overlaps(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Full-canvas masks a (B, K, P), b (B, M, P) as floats -> shared pixels (B, K, M) and their IoU (B, K, M)."""
     inter = a @ b.transpose(1, 2)

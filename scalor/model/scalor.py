@@ -19,7 +19,7 @@ from .distributions import EPS, clamp_st, normal_log_prob
 from .encoders import GlimpseDecoder, GlimpseEncoder, ImageEncoder
 from .propagation import Propagation, PropagationStep
 from .render import (BoxCoder, Windows, boxes_to_xyxy, extract, gather_windows, mask_boxes, scatter_windows, scatter_windows_amax,
-                     presence_masks, window_size)
+                     window_size)
 from .state import Carry, ObjectState, SequenceOutput
 from .views import VIEW_COUNTS, unview_boxes, view
 
@@ -57,13 +57,9 @@ class SCALOR(nn.Module):
                  nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
                  kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool | str = "auto",
                  checkpoint_encoder: bool | str = "auto", channels_last: bool = True, fixed_slots: bool | str = "auto",
-                 compile: bool = False, skip_glimpse_below: float = 0.0, train_skip_glimpse_below: float = 0.0,
-                 box_source: str = "mask",
+                 compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask",
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
-                 reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
-                 duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
-                 inference_duplicate_min_iou: float | None = None,
-                 reverse_init: bool = False, backfill: bool = False, backfill_copy_iou: float = 0.7,
+                 z_what_dim: int = 64, backfill: bool = False, backfill_copy_iou: float = 0.7,
                  pick_direction: bool = False, pick_views: int = 1):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
@@ -73,12 +69,8 @@ class SCALOR(nn.Module):
                              z_pres_disc_threshold=z_pres_disc_threshold, gen_disc_pres_probs=gen_disc_pres_probs,
                              observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source,
                              center_range=center_range, duplicate_min_iou=duplicate_min_iou,
-                             reject_min_iou=reject_min_iou, track_duplicate_iou=track_duplicate_iou,
-                             z_what_dim=z_what_dim, duplicate_ratio_threshold=duplicate_ratio_threshold,
-                             duplicate_copy_iou=duplicate_copy_iou,
-                             inference_duplicate_min_iou=inference_duplicate_min_iou, reverse_init=reverse_init,
-                             pick_direction=pick_direction, pick_views=pick_views,
-                             skip_glimpse_below=skip_glimpse_below, train_skip_glimpse_below=train_skip_glimpse_below,
+                             z_what_dim=z_what_dim, pick_direction=pick_direction, pick_views=pick_views,
+                             skip_glimpse_below=skip_glimpse_below,
                              checkpoint_decoder=checkpoint_decoder, checkpoint_encoder=checkpoint_encoder,
                              fixed_slots=fixed_slots)
         self.img_hw = (img_size, img_size)
@@ -101,9 +93,7 @@ class SCALOR(nn.Module):
         self.compile = compile
         self._compiled: dict = {}  # torch.compile'd glimpse networks, built at first use (not submodules)
         self.skip_glimpse_below = skip_glimpse_below
-        self.train_skip_glimpse_below = train_skip_glimpse_below
         self.box_source = box_source
-        self.reverse_init = reverse_init
         self.backfill = backfill
         self.backfill_copy_iou = backfill_copy_iou
         self.pick_direction = pick_direction
@@ -115,14 +105,11 @@ class SCALOR(nn.Module):
         self.glimpse_encoder = GlimpseEncoder(glimpse_size, z_what_dim)
         self.glimpse_decoder = GlimpseDecoder(glimpse_size, img_size, z_what_dim)
         self.propagation = Propagation(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw,
-                                       double_softplus_what_std, z_what_dim, duplicate_iou=track_duplicate_iou)
+                                       double_softplus_what_std, z_what_dim)
         self.discovery = Discovery(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw, max_num_obj,
                                    explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection,
                                    z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates,
-                                   duplicate_min_iou=duplicate_min_iou, reject_min_iou=reject_min_iou,
-                                   duplicate_ratio_threshold=duplicate_ratio_threshold,
-                                   duplicate_copy_iou=duplicate_copy_iou,
-                                   inference_duplicate_min_iou=inference_duplicate_min_iou)
+                                   duplicate_min_iou=duplicate_min_iou)
         self.background = None if no_background else Background(img_size, bg_decoder)
         if channels_last:  # NHWC convolution weights: oneDNN/cuDNN pick their faster NHWC kernels (exact)
             for net in (self.glimpse_encoder, self.glimpse_decoder):
@@ -136,12 +123,8 @@ class SCALOR(nn.Module):
                         explained_ratio_threshold: float = 0.3, z_pres_disc_threshold: float = 0.7,
                         gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
                         box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
-                        reject_min_iou: float = 0.0, track_duplicate_iou: float = 0.0, z_what_dim: int = 64,
-                        duplicate_ratio_threshold: float | None = None, duplicate_copy_iou: float = 0.0,
-                        inference_duplicate_min_iou: float | None = None, reverse_init: bool = False,
-                        backfill: bool = False, backfill_copy_iou: float = 0.7,
+                        z_what_dim: int = 64, backfill: bool = False, backfill_copy_iou: float = 0.7,
                         pick_direction: bool = False, pick_views: int = 1, skip_glimpse_below: float = 0.0,
-                        train_skip_glimpse_below: float = 0.0,
                         checkpoint_decoder: bool | str = "auto", checkpoint_encoder: bool | str = "auto",
                         fixed_slots: bool | str = "auto", **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
@@ -152,13 +135,11 @@ class SCALOR(nn.Module):
         if not (isinstance(fixed_slots, bool) or fixed_slots == "auto"):
             raise ConfigError(f"model.fixed_slots={fixed_slots!r} must be true, false or auto (on where the input is "
                               "on a GPU).")
-        for key, value in (("skip_glimpse_below", skip_glimpse_below),
-                           ("train_skip_glimpse_below", train_skip_glimpse_below)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= 1):
-                raise ConfigError(f"model.{key}={value!r} must be a presence in [0, 1] (0: every cell is encoded "
-                                  "and decoded).")
-        for key, value in (("reverse_init", reverse_init), ("backfill", backfill),
-                           ("pick_direction", pick_direction)):
+        if (isinstance(skip_glimpse_below, bool) or not isinstance(skip_glimpse_below, (int, float))
+                or not (0 <= skip_glimpse_below <= 1)):
+            raise ConfigError(f"model.skip_glimpse_below={skip_glimpse_below!r} must be a presence in [0, 1] (0: "
+                              "every cell is encoded and decoded).")
+        for key, value in (("backfill", backfill), ("pick_direction", pick_direction)):
             if not isinstance(value, bool):
                 raise ConfigError(f"model.{key}={value!r} must be true or false.")
         if isinstance(pick_views, bool) or pick_views not in VIEW_COUNTS:
@@ -167,9 +148,6 @@ class SCALOR(nn.Module):
         if pick_views > 1 and not pick_direction:
             raise ConfigError(f"model.pick_views={pick_views} needs model.pick_direction=true (each view is tracked "
                               "in both directions and the ELBO picks among them); set it, or model.pick_views=1.")
-        if reverse_init and pick_direction:
-            raise ConfigError("model.reverse_init=true and model.pick_direction=true are two ways of using a backward "
-                              "pass; set one of them false.")
         if isinstance(backfill_copy_iou, bool) or not (0 < backfill_copy_iou <= 1):
             raise ConfigError(f"model.backfill_copy_iou={backfill_copy_iou!r} must be in (0, 1] (0.7: a backward box "
                               "with that IoU with an earlier forward track is a copy).")
@@ -178,14 +156,8 @@ class SCALOR(nn.Module):
                               "draws) or where (the glimpse boxes z_where).")
         if not (0 < center_range <= 1):
             raise ConfigError(f"model.center_range={center_range} must be in (0, 1] (cells; 1 is the reference's).")
-        for key, value in (("duplicate_min_iou", duplicate_min_iou), ("reject_min_iou", reject_min_iou),
-                           ("track_duplicate_iou", track_duplicate_iou), ("duplicate_copy_iou", duplicate_copy_iou)):
-            if not (0 <= value <= 1):
-                raise ConfigError(f"model.{key}={value} must be in [0, 1] (0: off).")
-        if inference_duplicate_min_iou is not None and (isinstance(inference_duplicate_min_iou, bool) or not isinstance(
-                inference_duplicate_min_iou, (int, float)) or not 0 <= inference_duplicate_min_iou <= 1):
-            raise ConfigError(f"model.inference_duplicate_min_iou={inference_duplicate_min_iou!r} must be in [0, 1] "
-                              "(0: the covered share alone) or null (model.duplicate_min_iou at inference as well).")
+        if not (0 <= duplicate_min_iou <= 1):
+            raise ConfigError(f"model.duplicate_min_iou={duplicate_min_iou} must be in [0, 1] (0: off).")
         if not (_pow2(img_size) and img_size >= 32):
             raise ConfigError(f"data.img_size={img_size} is not supported: use a power of two >= 32 (e.g. 64 or 128).")
         for key, g in (("num_cell_h", num_cell_h), ("num_cell_w", num_cell_w)):
@@ -211,9 +183,6 @@ class SCALOR(nn.Module):
             raise ConfigError(f"model.var_anc={var_anc} must be in [0, model.ratio_anc={ratio_anc}).")
         if not (0 < explained_ratio_threshold <= 1):
             raise ConfigError(f"model.explained_ratio_threshold={explained_ratio_threshold} must be in (0, 1].")
-        if duplicate_ratio_threshold is not None and not (0 < duplicate_ratio_threshold <= 1):
-            raise ConfigError(f"model.duplicate_ratio_threshold={duplicate_ratio_threshold} must be in (0, 1] "
-                              "(or null: model.explained_ratio_threshold).")
         if not (0 <= z_pres_disc_threshold < 1):
             raise ConfigError(f"model.z_pres_disc_threshold={z_pres_disc_threshold} must be in [0, 1).")
         if not (0 < gen_disc_pres_probs < 1):
@@ -260,39 +229,6 @@ class SCALOR(nn.Module):
     def pixel_sigma(self, schedule: Schedule) -> float:
         """The pixel likelihood's std for this step: the schedule's when it has one, else ``model.sigma``."""
         return self.sigma if schedule.sigma is None else schedule.sigma
-
-    def track_both_ends(self, video: Tensor, schedule: Schedule = Schedule()) -> SequenceOutput:
-        """Track-only tracks of video (B,T,3,H,W) whose first frame comes from the frames tracked backwards
-        (offline tracking, ``reverse_init``).
-
-        A track-only pass over the frames in reverse order ends at frame 0 with the objects it tracked there: two
-        objects that overlap at frame 0 but part later were discovered apart, and reach frame 0 as two objects if
-        the backward tracks hold them apart through the overlap. They are frame 0's objects (its boxes,
-        presences and counts; IDs 1..n in slot order), with fresh tracker and prior state as if discovered
-        there, and the forward pass continues from them at frame 1. The loss terms are those of frames 1..
-        (zero for one frame).
-        """
-        b, t_len = video.shape[:2]
-        back = self._run(video.flip(1), schedule, self.initial_carry(b, video.device, video.dtype), track_only=True)
-        objs, n = back.carry.objects, back.carry.objects.num_slots
-        zero = torch.zeros_like
-        seeds = replace(objs, z_where_bias=zero(objs.z_where_bias), h=zero(objs.h), prior_h=zero(objs.prior_h),
-                        prior_c=zero(objs.prior_c), c_abs=zero(objs.c_abs),
-                        ids=torch.where(objs.mask, objs.mask.long().cumsum(1), 0))
-        # frame 0 as the backward pass reported it (boxes and presences already 0 in padded slots)
-        first = dict(counts=objs.lengths, ids=torch.where(objs.mask, seeds.ids, -1), boxes=back.boxes[:, -1, :n],
-                     presence=back.presence[:, -1, :n])
-        lstm = self.image_encoder(video[:, :1])[1]  # the ConvLSTM has seen frame 0, as in a forward pass
-        carry = Carry(seeds, lstm, None, None, objs.lengths + 1)
-        if t_len == 1:
-            zeros_b = video.new_zeros(b)
-            return SequenceOutput(recon=video.new_zeros(b, 0, *video.shape[2:]), log_like=zeros_b, kl_what=zeros_b,
-                                  kl_where=zeros_b, kl_depth=zeros_b, kl_pres=zeros_b, kl_bg=zeros_b,
-                                  log_imp=zeros_b, **{k: v[:, None] for k, v in first.items()}, carry=carry)
-        rest = self._run(video[:, 1:], schedule, carry, track_only=True)
-        joined = {key: _pad_stack([first[key]] + list(getattr(rest, key).unbind(1)), fill)
-                  for key, fill in (("ids", -1), ("boxes", 0.0), ("presence", 0.0))}
-        return replace(rest, counts=torch.cat([first["counts"][:, None], rest.counts], 1), **joined)
 
     def _canvases(self, win: Windows, z_pres: Tensor, z_depth: Tensor) -> _Composite:
         """Scatter one object group into canvases, from one alpha render per object (exact).
@@ -386,8 +322,8 @@ class SCALOR(nn.Module):
         log_imp: also return the importance log-ratios of the NLL estimate (docs/model.md §4.10).
         track_only: boxes, IDs and counts only (tracking inference): no compositing, background or
         likelihood; recon is then empty (B, 0, 3, H, W) and log_like, kl_bg are zero. Offline tracking options
-        of track-only calls: ``reverse_init`` (without carry: :meth:`track_both_ends`), ``backfill``
-        (:meth:`track_backfilled`) and ``pick_direction`` (without carry: :meth:`track_picked`).
+        of track-only calls: ``backfill`` (:meth:`track_backfilled`) and ``pick_direction`` (without carry:
+        :meth:`track_picked`).
         """
         if visuals and track_only:
             raise ValueError("visuals need the composited frames: call with track_only=False")
@@ -395,8 +331,7 @@ class SCALOR(nn.Module):
             return self._run(video, schedule, carry, observe_frames, visuals, log_imp, track_only)
         if carry is None and self.pick_direction:
             return self.track_picked(video, schedule)
-        out = (self.track_both_ends(video, schedule) if carry is None and self.reverse_init
-               else self._run(video, schedule, carry, track_only=True))
+        out = self._run(video, schedule, carry, track_only=True)
         return self.track_backfilled(video, schedule, out) if self.backfill else out
 
     def track_backfilled(self, video: Tensor, schedule: Schedule, out: SequenceOutput) -> SequenceOutput:
@@ -483,9 +418,7 @@ class SCALOR(nn.Module):
                                   reject=prop is not None, dedup=schedule.reject_duplicates or not self.training,
                                   encoder=self._encode, decoder=self._decode, deterministic=det,
                                   imagine=imagine, log_imp=log_imp,
-                                  skip_below=self.train_skip_glimpse_below if self.training else self.skip_glimpse_below,
-                                  prop_masks=presence_masks(prop.windows, prop.z_pres, self.img_hw)
-                                  if prop is not None and self.discovery.reject_min_iou > 0 else None)
+                                  skip_below=0.0 if self.training else self.skip_glimpse_below)
             for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
                 terms[key].append(getattr(disc, key) + (getattr(prop, key) if prop is not None else 0))
             terms["log_imp"].append(disc.log_imp + (prop.log_imp if prop is not None else 0))
