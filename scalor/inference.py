@@ -17,7 +17,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,8 @@ from torch import Tensor
 from scalor.errors import ConfigError, DataError, ScalorError
 from scalor.model import PRESENCE_THRESHOLD, SCALOR
 from scalor.model.config import upgrade_saved_config
-from scalor.schedules import Curriculum, Schedule
+from scalor.schedules import Schedule
+from scalor.tracking import inference_mode, inference_schedule, streaming
 from scalor.viz import (VideoWriter, draw_boxes, draw_trails, make_grid, mark_generated, mot_rows, to_uint8_hwc,
                         write_mot_txt)
 
@@ -41,48 +41,10 @@ __all__ = ["PRESENCE_THRESHOLD", "generate_videos", "inference_schedule", "load_
 MIN_VIDEO_SIDE = 256  # output videos are enlarged (nearest neighbour) to at least this many pixels per side
 
 
-def inference_schedule(curriculum: Curriculum | None = None) -> Schedule:
-    """The schedule at the end of training: temperature, presence prior and a scheduled sigma at their final
-    values, state detached."""
-    c = curriculum or Curriculum()
-    return Schedule(tau=c.tau_end, z_pres_prior=c.z_pres_prior_end, detach=True, bg_alpha_curriculum=False,
-                    sigma=c.sigma_end)
-
-
 # ---------------------------------------------------------------------------------------------- helpers
 def _device_of(model: torch.nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-@contextmanager
-def inference_mode(model: SCALOR, deterministic: bool | None, pick_views: int | None = None):
-    """Eval mode, no gradients and (optionally) a deterministic flag and a number of views (``pick_views``); the
-    model's settings come back after."""
-    was_training, was_det, was_views = model.training, model.deterministic, model.pick_views
-    model.eval()
-    if deterministic is not None:
-        model.deterministic = bool(deterministic)
-    if pick_views is not None:
-        model.pick_views = int(pick_views)
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
-        model.deterministic, model.pick_views = was_det, was_views
-
-
-@contextmanager
-def streaming(model: SCALOR):
-    """Window after window with the state carried over: options that need a whole sequence's frames
-    (``pick_direction``) are off, so each window's IDs continue the last one's; they come back after."""
-    picks = model.pick_direction
-    model.pick_direction = False
-    try:
-        yield model
-    finally:
-        model.pick_direction = picks
 
 
 def _upscale_factor(height: int, width: int, upscale: int | None) -> int:

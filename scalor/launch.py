@@ -34,6 +34,11 @@ SWEEP_ONLY = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.sweeper", "hydr
 
 
 # ======================================================================================= resolvers
+# The metrics that monitor.mode=auto maximises (the others it minimises).
+HIGHER_IS_BETTER = ("mota", "motp", "idf1", "idp", "idr", "precision", "recall", "count_acc", "log_like",
+                    "mostly_tracked")
+
+
 def _count(devices: Any) -> int | None:
     """trainer.devices as a number of devices per node, or None when it is not one (auto, -1, "0,1" ...)."""
     if isinstance(devices, (list, tuple, ListConfig)):
@@ -69,11 +74,20 @@ def gpus_per_node(accelerator: Any, devices: Any, local: Any = False) -> int:
     return tasks_per_node(devices)
 
 
-def direction(metric: Any, mode: Any, data_target: Any = None) -> str:
-    """Optuna's direction for the value ``run()`` returns (the choice of scalor.tasks.monitor_choice)."""
-    from hydra.utils import get_class
+def monitor_choice(metric: str, mode: str, has_gt: bool) -> tuple[str, str]:
+    """``monitor.metric`` / ``monitor.mode`` with ``auto`` filled in: val/mota (max) where the data has ground
+    truth, else val/neg_elbo (min); an ``auto`` mode follows the metric. Shared with Optuna's direction."""
+    metric, mode = str(metric), str(mode)
+    if metric == "auto":
+        metric = "val/mota" if has_gt else "val/neg_elbo"
+    if mode == "auto":
+        mode = "max" if metric.split("/")[-1] in HIGHER_IS_BETTER else "min"
+    return metric, mode
 
-    from scalor.tasks import monitor_choice
+
+def direction(metric: Any, mode: Any, data_target: Any = None) -> str:
+    """Optuna's direction for the value ``run()`` returns (the choice of :func:`monitor_choice`)."""
+    from hydra.utils import get_class
 
     has_gt = bool(getattr(get_class(str(data_target)), "has_ground_truth", False)) if data_target else False
     return "maximize" if monitor_choice(metric, mode, has_gt)[1] == "max" else "minimize"

@@ -12,12 +12,12 @@ import torch
 from torch import Tensor
 
 from scalor.errors import ConfigError
-from scalor.inference import inference_mode
 from scalor.metrics import CountingMetrics, ErrorBreakdown, MOTMetrics
 from scalor.model import PRESENCE_THRESHOLD, SCALOR, SequenceOutput
 from scalor.model.config import REMOVED_OPTIONS, upgrade_saved_config
 from scalor.resume import step_seed
 from scalor.schedules import Curriculum, Schedule
+from scalor.tracking import inference_mode
 
 TERMS = ("log_like", "kl_what", "kl_where", "kl_depth", "kl_pres", "kl_bg")
 TRACKING_INFERENCE = ("deterministic", "sampled")

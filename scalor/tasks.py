@@ -31,7 +31,7 @@ from scalor.callbacks import AtomicCheckpointIO
 from scalor.callbacks.wandb_run import WandbRun, wandb_logger_args, watch_args
 from scalor.console import quiet_console
 from scalor.errors import ConfigError, ScalorError
-from scalor.launch import use_job_command_for_ddp_workers
+from scalor.launch import monitor_choice, use_job_command_for_ddp_workers
 from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule, check_fit_val_pick_views
 from scalor.model import SCALOR
 from scalor.model.config import upgrade_saved_config
@@ -50,8 +50,6 @@ RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic", "backfil
                       "channels_last", "compile", "skip_glimpse_below")
 # Where each model key is set from (for error messages).
 MODEL_KEY_SOURCE = {"img_size": "data.img_size", "num_cell_h": "grid.num_cell_h", "num_cell_w": "grid.num_cell_w"}
-HIGHER_IS_BETTER = ("mota", "motp", "idf1", "idp", "idr", "precision", "recall", "count_acc", "log_like",
-                    "mostly_tracked")
 
 
 # ======================================================================================= entry point
@@ -305,17 +303,6 @@ def _check_monitor(monitor: dict) -> None:
                           "(or auto).")
     if mode not in ("auto", "min", "max"):
         raise ConfigError(f"monitor.mode={mode} is unknown; use min, max or auto.")
-
-
-def monitor_choice(metric: str, mode: str, has_gt: bool) -> tuple[str, str]:
-    """``monitor.metric`` / ``monitor.mode`` with ``auto`` filled in: val/mota (max) where the data has ground
-    truth, else val/neg_elbo (min); an ``auto`` mode follows the metric. Shared with Optuna's direction."""
-    metric, mode = str(metric), str(mode)
-    if metric == "auto":
-        metric = "val/mota" if has_gt else "val/neg_elbo"
-    if mode == "auto":
-        mode = "max" if metric.split("/")[-1] in HIGHER_IS_BETTER else "min"
-    return metric, mode
 
 
 def resolve_monitor(cfg: DictConfig, datamodule: Any) -> str:
