@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scalor.errors import ScalorError
 from scalor.model import SCALOR
+from scalor.model.execution import ExecutionOptions
 from scalor.summary import hardware
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -109,8 +110,10 @@ def run_bench(cfg: DictConfig) -> dict:
     # the model's own config check, as run.py does at startup (instantiate would wrap its error in Hydra's)
     SCALOR.validate_config(**{k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
                               if k != "_target_"})
+    execution = ExecutionOptions.from_config(OmegaConf.to_container(cfg.execution, resolve=True)
+                                             if cfg.get("execution") is not None else None)
     torch.manual_seed(int(b.seed))
-    model = instantiate(cfg.model, _convert_="all")
+    model = execution.apply(instantiate(cfg.model, _convert_="all"))
     if b.ckpt_path:
         load_weights(model, b.ckpt_path)
     model.to(device)
@@ -173,6 +176,7 @@ def run_bench(cfg: DictConfig) -> dict:
             "img_size": int(cfg.data.img_size), "grid": [int(cfg.grid.num_cell_h), int(cfg.grid.num_cell_w)],
             "batch_size": int(cfg.data.batch_size), "seq_len": int(cfg.data.seq_len),
             "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "execution": execution.to_dict(),
             # what the model runs with (checkpoint_decoder/encoder=auto resolve by glimpse size)
             "checkpointing": {"decoder": model.checkpoint_decoder, "encoder": model.checkpoint_encoder},
         },

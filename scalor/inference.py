@@ -28,6 +28,7 @@ from torch import Tensor
 from scalor.errors import ConfigError, DataError, ScalorError
 from scalor.model import PRESENCE_THRESHOLD, SCALOR
 from scalor.model.config import upgrade_saved_config
+from scalor.model.execution import ExecutionOptions
 from scalor.schedules import Schedule
 from scalor.tracking import inference_mode, inference_schedule, streaming
 from scalor.viz import (VideoWriter, draw_boxes, draw_trails, make_grid, mark_generated, mot_rows, to_uint8_hwc,
@@ -295,14 +296,17 @@ def model_weights(state_dict: Mapping) -> dict:
             for key, value in state_dict.items() if key.startswith("model.")}
 
 
-def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SCALOR:
+def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu",
+               execution: ExecutionOptions | Mapping | None = None) -> SCALOR:
     """Rebuild SCALOR from a Lightning checkpoint: ``hyper_parameters['model']`` (SCALOR kwargs, ``_target_``
-    allowed; options removed since the checkpoint was written are dropped where they were off, see
-    :func:`scalor.model.config.upgrade_saved_config`) and the ``model.``-prefixed weights of ``state_dict``.
-    Returns the model in eval mode.
+    allowed; options removed since the checkpoint was written are dropped where they were off, and run options
+    that older checkpoints saved there are dropped, see :func:`scalor.model.config.upgrade_saved_config`) and the
+    ``model.``-prefixed weights of ``state_dict``, run with ``execution`` (the execution group's options; None:
+    the defaults). Returns the model in eval mode.
 
     Only load checkpoints you trust: Lightning checkpoints are pickles.
     """
+    options = ExecutionOptions.from_config(execution)  # ConfigError for impossible run options
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
         raise ScalorError(f"ckpt_path={path} is not a file; pass the path of a .ckpt checkpoint "
@@ -343,4 +347,4 @@ def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = 
         first = str(err).strip().splitlines()
         raise ScalorError(f"checkpoint {path}: the weights do not fit its model config ({' '.join(first[:2])}).") \
             from err
-    return model.to(map_location).eval()
+    return options.apply(model).to(map_location).eval()

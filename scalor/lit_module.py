@@ -14,7 +14,8 @@ from torch import Tensor
 from scalor.errors import ConfigError
 from scalor.metrics import CountingMetrics, ErrorBreakdown, MOTMetrics
 from scalor.model import PRESENCE_THRESHOLD, SCALOR, SequenceOutput
-from scalor.model.config import REMOVED_OPTIONS, upgrade_saved_config
+from scalor.model.config import MOVED_TO_EXECUTION, REMOVED_OPTIONS, upgrade_saved_config
+from scalor.model.execution import ExecutionOptions
 from scalor.resume import step_seed
 from scalor.schedules import Curriculum, Schedule
 from scalor.tracking import inference_mode
@@ -55,7 +56,10 @@ class SCALORLitModule(L.LightningModule):
     ones. tracking_inference: how validation and test infer the tracks that the tracking and counting metrics
     score: ``deterministic`` (posterior means and u = 0.5 presence, as ``task=track`` tracks; one more, track-only
     pass) or ``sampled`` (the posterior sample that the ELBO of the same pass uses). experiment: the run's name,
-    kept in the checkpoint so that ``task=track`` names its run folder after it.
+    kept in the checkpoint so that ``task=track`` names its run folder after it. execution: how the model is run
+    (the execution group: :class:`scalor.model.execution.ExecutionOptions`, a mapping or an instance; None: the
+    defaults), applied to the built model and not saved in the checkpoint (older checkpoints' run options in the
+    model config are dropped).
 
     Loss: the batch mean of the negative ELBO per frame (docs/model.md §4.8). Logged per step: ``train/*`` loss
     and KL terms, object counts and ``schedule/*``; per epoch: ``val/*`` and ``test/*`` terms and, where the
@@ -70,12 +74,14 @@ class SCALORLitModule(L.LightningModule):
                  scheduler: Optional[Callable[..., Any]] = None, scheduler_interval: str = "step",
                  seed: int = 0, train_seq_len: Optional[int] = None,
                  tracking_inference: str = "deterministic", fit_val_pick_views: Optional[int] = None,
-                 experiment: Optional[str] = None) -> None:
+                 experiment: Optional[str] = None,
+                 execution: Optional[Mapping | ExecutionOptions] = None) -> None:
         super().__init__()
-        if model is not None and any(key in model for key in REMOVED_OPTIONS):  # an older checkpoint's hparams
-            model = upgrade_saved_config(model)  # (load_from_checkpoint); saved below as upgraded
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.model: SCALOR = _build(model, SCALOR)
+        if model is not None and any(key in model for key in (*REMOVED_OPTIONS, *MOVED_TO_EXECUTION)):
+            model = upgrade_saved_config(model)  # an older checkpoint's hparams (load_from_checkpoint): saved upgraded
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "execution"], logger=False)
+        self.execution = ExecutionOptions.from_config(execution)
+        self.model: SCALOR = self.execution.apply(_build(model, SCALOR))
         self.curriculum: Curriculum = _build(curriculum, Curriculum)
         self.optimizer_factory = optimizer or partial(torch.optim.RMSprop, lr=4e-5)
         self.scheduler_factory = scheduler

@@ -35,6 +35,7 @@ from scalor.launch import monitor_choice, use_job_command_for_ddp_workers
 from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule, check_fit_val_pick_views
 from scalor.model import SCALOR
 from scalor.model.config import upgrade_saved_config
+from scalor.model.execution import ExecutionOptions
 from scalor.resume import resumable_train_loader
 from scalor.schedules import Curriculum
 from scalor.summary import write_summary
@@ -43,11 +44,10 @@ from scalor.typecheck import check_types
 TASKS = ("fit", "test", "track", "generate")
 # Set by Lightning's DDP launcher in the process that starts the workers (restored after each job).
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-# Model keys that only change how a trained network is run, not its weights (the five from fixed_slots: speed
-# options that give the same outputs; the last one: an approximation that skips cells of low presence).
+# Model keys that only change how a trained network is run, not its weights (the speed and memory options and
+# skip_glimpse_below are not model keys: the execution group, scalor/model/execution.py).
 RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic", "backfill", "backfill_copy_iou",
-                      "pick_direction", "pick_views", "fixed_slots", "checkpoint_decoder", "checkpoint_encoder",
-                      "channels_last", "compile", "skip_glimpse_below")
+                      "pick_direction", "pick_views")
 # Where each model key is set from (for error messages).
 MODEL_KEY_SOURCE = {"img_size": "data.img_size", "num_cell_h": "grid.num_cell_h", "num_cell_w": "grid.num_cell_w"}
 
@@ -130,7 +130,7 @@ def track(cfg: DictConfig) -> dict:
     from scalor.inference import inference_schedule, load_model, track_video
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(ckpt_path, map_location=device)
+    model = load_model(ckpt_path, map_location=device, execution=execution_options(cfg))
     size = model.img_hw[0]
     data = cfg.data
     if command_line_sets("data.img_size") and int(data.img_size) != size:
@@ -173,7 +173,8 @@ def generate(cfg: DictConfig) -> list[Path]:
 
     datamodule = build_datamodule(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    model = load_model(ckpt_path, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(ckpt_path, map_location="cuda" if torch.cuda.is_available() else "cpu",
+                       execution=execution_options(cfg))
     datamodule.prepare_data()
     datamodule.setup("test")
     video = next(iter(datamodule.test_dataloader()))["video"][:4]
@@ -200,6 +201,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     check_types(resolved)
     model = {k: v for k, v in resolved["model"].items() if k != "_target_"}
     SCALOR.validate_config(**model)
+    ExecutionOptions.from_config(resolved.get("execution"))  # ConfigError for impossible run options
     data = resolved["data"]
     if task == "generate" and not 0 <= int(model.get("observe_frames", 0)) < int(data["seq_len"]):
         raise ConfigError(f"model.observe_frames={model.get('observe_frames')} leaves nothing to generate in "
@@ -392,6 +394,12 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return datamodule
 
 
+def execution_options(cfg: DictConfig) -> ExecutionOptions:
+    """The run options of ``cfg.execution`` (conf/execution; the defaults where the config has no such group)."""
+    node = cfg.get("execution")
+    return ExecutionOptions.from_config(None if node is None else OmegaConf.to_container(node, resolve=True))
+
+
 def build_module(cfg: DictConfig) -> SCALORLitModule:
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return SCALORLitModule(
@@ -401,6 +409,7 @@ def build_module(cfg: DictConfig) -> SCALORLitModule:
         scheduler_interval=cfg.scheduler_interval, seed=cfg.seed, train_seq_len=cfg.get("train_seq_len"),
         tracking_inference=cfg.get("tracking_inference", "deterministic"),
         fit_val_pick_views=cfg.get("fit_val_pick_views"), experiment=str(cfg.name),
+        execution=execution_options(cfg),
     )
 
 

@@ -23,10 +23,10 @@ DOCS = ROOT / "docs"
 # the dsprites_crowded data at 128 px with a glimpse-64, 45-object model
 CROWDED64 = ["experiment=dsprites_crowded", "data.img_size=128", "grid=8x8", "data.seq_len=10",
              "model.max_num_obj=45", "model.glimpse_size=64"]
-# the paper's configuration: that, with the model's own defaults where the experiment tunes them away
-# (the background module, recomputation of the glimpse networks, discovery without duplicate rejection)
-PAPER = CROWDED64 + ["model.no_background=false", "model.checkpoint_decoder=auto", "model.checkpoint_encoder=auto",
-                     "model.reject_duplicates=false"]
+# the paper's configuration: that, with the model's and execution group's own defaults where the experiment tunes
+# them away (the background module, recomputation of the glimpse networks, discovery without duplicate rejection)
+PAPER = CROWDED64 + ["model.no_background=false", "execution.checkpoint_decoder=auto",
+                     "execution.checkpoint_encoder=auto", "model.reject_duplicates=false"]
 SMALL_ANY = ["data.img_size=64", "grid=4x4", "data.seq_len=10", "model.max_num_obj=10"]  # the default model settings
 SMALL = SMALL_ANY + ["model.glimpse_size=64"]
 BATCH4 = ["data.batch_size=4", "bench.steps=3"]  # the 64 px cases: batch 4, 3 measured steps
@@ -47,13 +47,13 @@ CASES = [
      "median <= 8 s, RSS <= 1.5 GB", lambda r: r["median_step_s"] <= 8 and r["peak_rss_mb"] <= 1536),
     ("same, B4, train", PAPER + ["data.batch_size=4", "bench.steps=2"],
      "RSS <= 4 GB", lambda r: r["peak_rss_mb"] <= 4096),
-    ("same, B1, checkpoint_encoder=false", B1 + ["model.checkpoint_encoder=false"], "(option off)", None),
+    ("same, B1, checkpoint_encoder=false", B1 + ["execution.checkpoint_encoder=false"], "(option off)", None),
     ("same, B1, checkpoint_encoder=false, checkpoint_decoder=false",
-     B1 + ["model.checkpoint_encoder=false", "model.checkpoint_decoder=false"], "(options off)", None),
-    ("same, B1, channels_last=false", B1 + ["model.channels_last=false"], "(option off)", None),
+     B1 + ["execution.checkpoint_encoder=false", "execution.checkpoint_decoder=false"], "(options off)", None),
+    ("same, B1, channels_last=false", B1 + ["execution.channels_last=false"], "(option off)", None),
     ("same, B1, trainer.precision=bf16-mixed", B1 + ["trainer.precision=bf16-mixed"], "(option on)", None),
-    ("same, B1, fixed_slots=true", B1 + ["model.fixed_slots=true"], "(option on)", None),
-    ("same, B1, compile=true", B1 + ["model.compile=true", "bench.warmup=2"], "(option on)", None),
+    ("same, B1, fixed_slots=true", B1 + ["execution.fixed_slots=true"], "(option on)", None),
+    ("same, B1, compile=true", B1 + ["execution.compile=true", "bench.warmup=2"], "(option on)", None),
     ("64px 4x4, 10 obj, glimpse 64, T10, B4, train", SMALL + BATCH4, *SMALL_TARGET),
     ("64px 4x4, 10 obj, glimpse 64, T10, B4, trainer.precision=bf16-mixed",
      SMALL + BATCH4 + ["trainer.precision=bf16-mixed"], "(option on)", None),
@@ -66,12 +66,12 @@ CASES = [
      "(the earlier learning runs)", None),
     ("dsprites_easy 4x4, glimpse 32 (its earlier 60-minute run), T5, B8", EASY_4X4 + ["bench.steps=5"], "(the earlier learning run)", None),
     ("128px 8x8, 45 obj, T10, B1, track (fresh weights)", TRACK, "(glimpse 64: every slot present)", None),
-    ("same, track, skip_glimpse_below=0.1", TRACK + ["model.skip_glimpse_below=0.1"], "(approximation)", None),
+    ("same, track, skip_glimpse_below=0.1", TRACK + ["execution.skip_glimpse_below=0.1"], "(approximation)", None),
     ("dsprites_crowded track (128px 8x8, 60 obj, glimpse 16), T10, B1, its trained checkpoint",
      CROWDED_TRACK + [CROWDED_CKPT], ">= 25 frames/s", lambda r: r["frames_per_s"] >= 25),
     ("dsprites_crowded track, fresh weights", CROWDED_TRACK, "(every slot present)", None),
     ("dsprites_crowded track, trained checkpoint, skip_glimpse_below=0.1", CROWDED_TRACK + [CROWDED_CKPT,
-     "model.skip_glimpse_below=0.1"], "(approximation)", None),
+     "execution.skip_glimpse_below=0.1"], "(approximation)", None),
 ]
 
 # The GPU suite (--gpu): the dsprites_crowded model (no background module, no recomputation) at the paper's size
@@ -79,25 +79,26 @@ CASES = [
 # experiments train and track at. The slot budget is pinned (fixed_slots=auto turns it on on a GPU) so that
 # each option row compares against the same default (a later override of the same key wins, as in Hydra).
 GPU = ["bench.device=cuda"]
-GPU_C64 = GPU + CROWDED64 + ["model.fixed_slots=false"]
+GPU_C64 = GPU + CROWDED64 + ["execution.fixed_slots=false"]
 GPU_C64_B4 = GPU_C64 + ["data.batch_size=4", "bench.steps=5"]
 GPU_CASES = [
     ("GPU: dsprites_crowded model, 128px 8x8, 45 obj, glimpse 64, T10, B1, train",
      GPU_C64 + ["data.batch_size=1", "bench.steps=5"], "", None),
     ("GPU: same, B4, train", GPU_C64_B4, "", None),
     ("GPU: same, B4, checkpoint_encoder=false, checkpoint_decoder=false (as the experiment sets: a repeat)",
-     GPU_C64_B4 + ["model.checkpoint_encoder=false", "model.checkpoint_decoder=false"], "(the same config)", None),
+     GPU_C64_B4 + ["execution.checkpoint_encoder=false", "execution.checkpoint_decoder=false"], "(the same config)",
+     None),
     ("GPU: same, B4, trainer.precision=bf16-mixed", GPU_C64_B4 + ["trainer.precision=bf16-mixed"], "(option on)",
      None),
-    ("GPU: same, B4, fixed_slots=true", GPU_C64_B4 + ["model.fixed_slots=true"], "(option on)", None),
+    ("GPU: same, B4, fixed_slots=true", GPU_C64_B4 + ["execution.fixed_slots=true"], "(option on)", None),
     ("GPU: same, B16, train", GPU_C64 + ["data.batch_size=16", "bench.steps=3"], "", None),
     ("GPU: dsprites_easy as trained (64px 8x8, glimpse 16, T10, B8)",
-     GPU + EASY + ["model.fixed_slots=false", "bench.steps=5"], "", None),
-    ("GPU: same, fixed_slots=true", GPU + EASY + ["model.fixed_slots=true", "bench.steps=5"], "(option on)", None),
+     GPU + EASY + ["execution.fixed_slots=false", "bench.steps=5"], "", None),
+    ("GPU: same, fixed_slots=true", GPU + EASY + ["execution.fixed_slots=true", "bench.steps=5"], "(option on)", None),
     ("GPU: 128px 8x8, 45 obj, glimpse 64, T10, B1, track (fresh weights)",
      GPU_C64 + ["data.batch_size=1", "bench.mode=track", "bench.steps=3"], "(every slot present)", None),
     ("GPU: dsprites_crowded track (128px 8x8, 60 obj, glimpse 16), T10, B1, its trained checkpoint",
-     GPU + CROWDED_TRACK + ["model.fixed_slots=false", CROWDED_CKPT], "", None),
+     GPU + CROWDED_TRACK + ["execution.fixed_slots=false", CROWDED_CKPT], "", None),
 ]
 SUITES = {False: (CASES, "benchmarks.json", "table"), True: (GPU_CASES, "benchmarks_gpu.json", "gpu-table")}
 

@@ -104,13 +104,16 @@ def test_benchmark_cases_compose_the_configurations_they_name():
 
     script = _benchmarks_script()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        model = compose("bench").model  # the model defaults (conf/model/scalor.yaml)
-        paper = compose("bench", overrides=script.B1).model
-        for key in ("no_background", "checkpoint_decoder", "checkpoint_encoder", "reject_duplicates"):
-            assert paper[key] == model[key], key
+        default = compose("bench")  # the model and execution defaults (conf/model, conf/execution)
+        paper = compose("bench", overrides=script.B1)
+        for key in ("no_background", "reject_duplicates"):
+            assert paper.model[key] == default.model[key], key
+        for key in ("checkpoint_decoder", "checkpoint_encoder"):
+            assert paper.execution[key] == default.execution[key], key
+        paper = paper.model
         assert (paper.glimpse_size, paper.max_num_obj) == (64, 45)
         for name, overrides, _, _ in script.GPU_CASES:
             overrides = [o for o in overrides if o != script.CROWDED_CKPT]
             cfg = compose("bench", overrides=overrides)
             assert cfg.bench.device == "cuda", name
-            assert cfg.model.fixed_slots is ("fixed_slots=true" in name), name
+            assert cfg.execution.fixed_slots is ("fixed_slots=true" in name), name

@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, OLD_OFF, ROOT, experiments
+from conftest import CONF, OLD_EXECUTION, OLD_OFF, ROOT, experiments
 from scalor.errors import ConfigError
 from scalor.inference import inference_schedule
 from scalor.schedules import Curriculum
@@ -221,7 +221,8 @@ BAD = [
     (["model.pick_direction=1"], "model.pick_direction=1 has the wrong type: SCALOR's pick_direction takes true"),
     (["model.pick_views=3", "model.pick_direction=true"], "model.pick_views=3 must be one of 1, 2, 4, 8"),
     (["model.pick_views=4"], "model.pick_views=4 needs model.pick_direction=true"),
-    (["model.fixed_slots=always"], "model.fixed_slots='always' must be true, false or auto"),
+    (["execution.fixed_slots=always"], "execution.fixed_slots='always' must be true, false or auto"),
+    (["execution.skip_glimpse_below=2"], "execution.skip_glimpse_below=2 must be a presence in [0, 1]"),
     (["model.backfill_copy_iou=0"], "model.backfill_copy_iou=0 must be in (0, 1]"),
     (["tracking_inference=greedy"], "tracking_inference=greedy is unknown"),
     (["curriculum.sigma_start=0.15"], "curriculum.sigma_start and curriculum.sigma_end go together"),
@@ -259,22 +260,40 @@ def test_checkpoint_that_does_not_match_the_config(compose_cfg, tmp_path):
     assert check_config(compose_cfg(f"ckpt_path={path}", "model.backfill=true",
                                     "model.backfill_copy_iou=0.9")) == str(path)
     assert check_config(compose_cfg(f"ckpt_path={path}", "model.pick_direction=true", "model.pick_views=8",
-                                    "model.skip_glimpse_below=0.1")) == str(path)
-    # nor do the speed options, whose outputs are the same (a checkpoint trained without fixed slots, say)
-    torch.save({"hyper_parameters": {"model": {**model, "fixed_slots": False, "checkpoint_decoder": True}}}, path)
-    assert check_config(compose_cfg(f"ckpt_path={path}", "model.fixed_slots=auto")) == str(path)
+                                    "execution.skip_glimpse_below=0.1")) == str(path)
+    # nor do the run options an older checkpoint saved in its model config (the execution group's now)
+    torch.save({"hyper_parameters": {"model": {**model, **OLD_EXECUTION}}}, path)
+    for task in ("fit", "test"):
+        assert check_config(compose_cfg(f"task={task}", f"ckpt_path={path}", "execution.fixed_slots=auto",
+                                        "execution.channels_last=true")) == str(path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="is not a readable checkpoint"):
         check_config(compose_cfg(f"ckpt_path={path}"))
 
 
+def test_execution_options_are_applied_and_not_saved_with_the_model(compose_cfg):
+    """execution.* reach the built model and stay out of the module's saved hyperparameters."""
+    from scalor.model.execution import ExecutionOptions
+    from scalor.tasks import build_module
+
+    module = build_module(compose_cfg("execution.channels_last=false", "execution.skip_glimpse_below=0.02",
+                                      "execution.checkpoint_decoder=true"))
+    assert not set(ExecutionOptions.keys()) & set(module.hparams["model"]) and "execution" not in module.hparams
+    m = module.model
+    assert (m.channels_last, m.skip_glimpse_below, m.checkpoint_decoder, m.checkpoint_encoder) == (False, 0.02, True,
+                                                                                                   False)
+    with pytest.raises(Exception, match="channels_last"):
+        compose_cfg("model.channels_last=false")  # no longer a model key
+
+
 def _old_checkpoint(cfg, path) -> None:
-    """A checkpoint as `python run.py experiment=...` wrote it before the removed model options went: its saved
-    model config has them at their defaults (off); the weights are the module's of ``cfg``."""
+    """A checkpoint as `python run.py experiment=...` wrote it before the removed model options went and before
+    the run options moved to the execution group: its saved model config has the removed ones at their defaults
+    (off) and run options; the weights are the module's of ``cfg``."""
     from scalor.tasks import build_module
 
     module = build_module(cfg)
-    hparams = {**module.hparams, "model": {**module.hparams["model"], **OLD_OFF}}
+    hparams = {**module.hparams, "model": {**module.hparams["model"], **OLD_OFF, **OLD_EXECUTION}}
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "global_step": 7, "epoch": 0,
                 "pytorch-lightning_version": L.__version__}, path)
 
@@ -291,7 +310,7 @@ def test_test_task_of_a_checkpoint_written_before_options_were_removed(compose_c
     assert check_config(compose_cfg("experiment=dsprites_easy", "task=track", f"ckpt_path={path}", "data=video",
                                     f"data.path={tmp_path / 'clip.mp4'}")) == str(path)
     module = SCALORLitModule.load_from_checkpoint(path, map_location="cpu")
-    assert not set(OLD_OFF) & set(module.hparams["model"])
+    assert not (set(OLD_OFF) | set(OLD_EXECUTION)) & set(module.hparams["model"])
     metrics = run(compose_cfg("experiment=dsprites_easy", "task=test", f"ckpt_path={path}", "model.pick_views=1"))
     assert metrics is not None and math.isfinite(metrics)
 

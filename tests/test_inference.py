@@ -13,11 +13,12 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 import scalor.inference as inference
-from conftest import OLD_OFF, read_video
+from conftest import OLD_EXECUTION, OLD_OFF, read_video
 from scalor.errors import ConfigError, DataError, ScalorError
 from scalor.inference import generate_videos, load_model, track_video
 from scalor.model import SCALOR
-from scalor.model.config import REMOVED_OPTIONS, upgrade_saved_config
+from scalor.model.config import MOVED_TO_EXECUTION, REMOVED_OPTIONS, upgrade_saved_config
+from scalor.model.execution import ExecutionOptions
 
 torch.set_num_threads(1)
 
@@ -211,6 +212,32 @@ def test_load_model_errors(tmp_path):
 OLD_ON = [("reverse_init", True, "true"), ("inference_duplicate_min_iou", 0.3, "0.3"),
           ("train_skip_glimpse_below", 0.02, "0.02"), ("track_duplicate_iou", 0.8, "0.8"),
           ("reject_min_iou", 0.3, "0.3"), ("duplicate_ratio_threshold", 0.6, "0.6"), ("duplicate_copy_iou", 0.5, "0.5")]
+
+
+def test_upgrade_saved_config_drops_the_run_options_of_older_checkpoints():
+    """checkpoint_*, channels_last, fixed_slots, compile, skip_glimpse_below: the execution group's now; an older
+    checkpoint's values are dropped whatever they were (they never changed the weights)."""
+    assert set(MOVED_TO_EXECUTION) == set(OLD_EXECUTION) == set(ExecutionOptions.keys())
+    cfg = {"_target_": "scalor.model.SCALOR", **TINY, "backfill": True}
+    assert upgrade_saved_config({**cfg, **OLD_EXECUTION}) == cfg
+    assert upgrade_saved_config({**cfg, **OLD_OFF, **OLD_EXECUTION, "compile": True}) == cfg
+
+
+def test_load_model_of_a_checkpoint_with_run_options_applies_the_given_ones(tmp_path):
+    """An older checkpoint's saved run options are dropped; load_model runs the model with ``execution``."""
+    model = tiny_model(seed=3)
+    old = tmp_path / "old.ckpt"
+    torch.save(_checkpoint(model, {"_target_": "scalor.model.SCALOR", **TINY, **OLD_EXECUTION}), old)
+    loaded = load_model(old)
+    assert loaded.execution == ExecutionOptions() and loaded.skip_glimpse_below == 0.0 and loaded.channels_last
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    loaded = load_model(old, execution={"channels_last": False, "skip_glimpse_below": 0.2, "fixed_slots": True})
+    assert (loaded.channels_last, loaded.skip_glimpse_below, loaded.fixed_slots) == (False, 0.2, True)
+    w = next(p for p in loaded.glimpse_decoder.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert w.is_contiguous()
+    with pytest.raises(ConfigError, match="execution.fixed_slots='always'"):
+        load_model(old, execution={"fixed_slots": "always"})
 
 
 def test_upgrade_saved_config_drops_removed_options_that_were_off():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scalor.errors import ConfigError
-from scalor.model import SCALOR, Schedule
+from scalor.model import SCALOR, ExecutionOptions, Schedule
 from scalor.model.discovery import Discovery
 from scalor.model.distributions import kl_bernoulli, kl_normal
 from scalor.model.encoders import GlimpseDecoder, GlimpseEncoder
@@ -22,9 +22,11 @@ def params(m):
 
 
 def tiny(**kw):
+    """A tiny SCALOR; the execution group's options among ``kw`` are applied to the built model."""
     base = dict(img_size=64, num_cell_h=4, num_cell_w=4, max_num_obj=6, glimpse_size=16)
     base.update(kw)
-    return SCALOR(**base)
+    run = {key: base.pop(key) for key in ExecutionOptions.keys() if key in base}
+    return ExecutionOptions(**run).apply(SCALOR(**base))
 
 
 @pytest.mark.parametrize("kw,expected", [
@@ -447,12 +449,47 @@ def test_importance_weighted_nll_is_finite():
     (dict(center_range=0.0), "center_range"),
     (dict(z_what_dim=0), "z_what_dim"),
     (dict(duplicate_min_iou=1.5), "duplicate_min_iou"),
-    (dict(skip_glimpse_below=-0.1), "skip_glimpse_below"),
-    (dict(checkpoint_decoder="yes"), "checkpoint_decoder"),
 ])
 def test_impossible_configs_raise_one_clear_error(kw, key):
     with pytest.raises(ConfigError, match=key):
         SCALOR.validate_config(**kw)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(skip_glimpse_below=-0.1), "execution.skip_glimpse_below=-0.1 must be a presence in [0, 1]"),
+    (dict(skip_glimpse_below=True), "execution.skip_glimpse_below=True must be a presence"),
+    (dict(checkpoint_decoder="yes"), "execution.checkpoint_decoder='yes' must be true, false or auto"),
+    (dict(checkpoint_encoder=1), "execution.checkpoint_encoder=1 must be true, false or auto"),
+    (dict(fixed_slots="gpu"), "execution.fixed_slots='gpu' must be true, false or auto"),
+    (dict(channels_last="yes"), "execution.channels_last='yes' must be true or false"),
+    (dict(compile=1), "execution.compile=1 must be true or false"),
+])
+def test_impossible_execution_options_raise_one_clear_error(kw, message):
+    with pytest.raises(ConfigError) as err:
+        ExecutionOptions(**kw)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="execution.nope is not an execution option"):
+        ExecutionOptions.from_config({"_target_": "scalor.model.execution.ExecutionOptions", "nope": 1})
+
+
+def test_run_options_are_not_model_options():
+    """The execution group's options are applied to a built model, never passed to SCALOR: a model starts with
+    the defaults, and applying other options and then the defaults again gives the default model back."""
+    import inspect
+
+    assert not set(ExecutionOptions.keys()) & set(inspect.signature(SCALOR.__init__).parameters)
+    m = tiny()
+    assert m.execution == ExecutionOptions()
+    assert (m.channels_last, m.fixed_slots, m.compile, m.skip_glimpse_below) == (True, "auto", False, 0.0)
+    w = next(p for p in m.glimpse_decoder.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    ExecutionOptions(channels_last=False, checkpoint_decoder=True, fixed_slots=True, skip_glimpse_below=0.3).apply(m)
+    w = next(p for p in m.glimpse_decoder.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert w.is_contiguous() and m.checkpoint_decoder is True and m.fixed_slots is True
+    ExecutionOptions().apply(m)
+    w = next(p for p in m.glimpse_decoder.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert w.is_contiguous(memory_format=torch.channels_last) and m.checkpoint_decoder is False
+    assert (m.fixed_slots, m.skip_glimpse_below) == ("auto", 0.0)
 
 
 @pytest.mark.parametrize("center_range", [1.0, 0.5])
@@ -524,7 +561,7 @@ def test_bf16_autocast_stays_close_to_fp32():
 
 @pytest.mark.slow
 def test_compiled_glimpse_networks_give_the_same_loss_and_gradients():
-    """model.compile=true (torch.compile of the glimpse encoder and decoder) against eager."""
+    """execution.compile=true (torch.compile of the glimpse encoder and decoder) against eager."""
     torch.manual_seed(1)
     video = torch.rand(2, 3, 3, 64, 64)
     grads = []

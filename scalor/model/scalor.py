@@ -15,6 +15,7 @@ from ..schedules import Schedule
 from .background import Background
 from .backfill import TrackTable, backfill
 from .discovery import Discovery, DiscoveryStep
+from .execution import ExecutionOptions
 from .distributions import EPS, clamp_st, normal_log_prob
 from .encoders import GlimpseDecoder, GlimpseEncoder, ImageEncoder
 from .propagation import Propagation, PropagationStep
@@ -24,7 +25,6 @@ from .state import Carry, ObjectState, SequenceOutput
 from .views import VIEW_COUNTS, unview_boxes, view
 
 GLIMPSE_SIZES = (16, 32, 64)
-CHECKPOINT_FROM = 32  # checkpoint_decoder/encoder=auto: recompute the glimpse networks from this glimpse size on
 CURRICULUM_ALPHA = 0.9  # docs/model.md §4.5
 
 
@@ -55,9 +55,7 @@ class SCALOR(nn.Module):
                  ratio_anc: float = 2.5, var_anc: float = 0.5, explained_ratio_threshold: float = 0.3,
                  z_pres_disc_threshold: float = 0.7, gen_disc_pres_probs: float = 0.1, observe_frames: int = 5,
                  nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
-                 kl_weight_pre_rejection: bool = True, checkpoint_decoder: bool | str = "auto",
-                 checkpoint_encoder: bool | str = "auto", channels_last: bool = True, fixed_slots: bool | str = "auto",
-                 compile: bool = False, skip_glimpse_below: float = 0.0, box_source: str = "mask",
+                 kl_weight_pre_rejection: bool = True, box_source: str = "mask",
                  center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
                  z_what_dim: int = 64, backfill: bool = False, backfill_copy_iou: float = 0.7,
                  pick_direction: bool = False, pick_views: int = 1):
@@ -69,10 +67,7 @@ class SCALOR(nn.Module):
                              z_pres_disc_threshold=z_pres_disc_threshold, gen_disc_pres_probs=gen_disc_pres_probs,
                              observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source,
                              center_range=center_range, duplicate_min_iou=duplicate_min_iou,
-                             z_what_dim=z_what_dim, pick_direction=pick_direction, pick_views=pick_views,
-                             skip_glimpse_below=skip_glimpse_below,
-                             checkpoint_decoder=checkpoint_decoder, checkpoint_encoder=checkpoint_encoder,
-                             fixed_slots=fixed_slots)
+                             z_what_dim=z_what_dim, pick_direction=pick_direction, pick_views=pick_views)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -84,15 +79,6 @@ class SCALOR(nn.Module):
         self.nll_samples = nll_samples
         self.deterministic = deterministic
         self.no_background = no_background
-        # auto: recompute the glimpse networks in backward from 32 px glimpses on, where their activations are
-        # what fills memory; 16 px activations are small and recomputing them costs 15% of a step (benchmarks.md)
-        auto = glimpse_size >= CHECKPOINT_FROM
-        self.checkpoint_decoder = auto if checkpoint_decoder == "auto" else checkpoint_decoder
-        self.checkpoint_encoder = auto if checkpoint_encoder == "auto" else checkpoint_encoder
-        self.fixed_slots = fixed_slots  # auto: on where the input is on a GPU (resolved once per forward pass)
-        self.compile = compile
-        self._compiled: dict = {}  # torch.compile'd glimpse networks, built at first use (not submodules)
-        self.skip_glimpse_below = skip_glimpse_below
         self.box_source = box_source
         self.backfill = backfill
         self.backfill_copy_iou = backfill_copy_iou
@@ -111,9 +97,14 @@ class SCALOR(nn.Module):
                                    z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates,
                                    duplicate_min_iou=duplicate_min_iou)
         self.background = None if no_background else Background(img_size, bg_decoder)
-        if channels_last:  # NHWC convolution weights: oneDNN/cuDNN pick their faster NHWC kernels (exact)
-            for net in (self.glimpse_encoder, self.glimpse_decoder):
-                net.to(memory_format=torch.channels_last)
+        # How the network is run (recomputation in backward, weight layout, slot budget, torch.compile, the
+        # inference skip threshold): not part of the model config; the defaults until the execution group's
+        # options are applied (:meth:`ExecutionOptions.apply`, which sets checkpoint_decoder, checkpoint_encoder,
+        # channels_last, fixed_slots, compile, skip_glimpse_below and the torch.compile cache _compiled).
+        # checkpoint_*=auto: recompute the glimpse networks in backward from 32 px glimpses on, where their
+        # activations are what fills memory; 16 px activations are small and recomputing them costs 15% of a step
+        self.execution: ExecutionOptions
+        ExecutionOptions().apply(self)
 
     # ------------------------------------------------------------------ config
     @staticmethod
@@ -124,21 +115,9 @@ class SCALOR(nn.Module):
                         gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
                         box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
                         z_what_dim: int = 64, backfill: bool = False, backfill_copy_iou: float = 0.7,
-                        pick_direction: bool = False, pick_views: int = 1, skip_glimpse_below: float = 0.0,
-                        checkpoint_decoder: bool | str = "auto", checkpoint_encoder: bool | str = "auto",
-                        fixed_slots: bool | str = "auto", **_ignored) -> None:
-        """Raise ConfigError, naming the key and the fix, for settings the model cannot run."""
-        for key, value in (("checkpoint_decoder", checkpoint_decoder), ("checkpoint_encoder", checkpoint_encoder)):
-            if not (isinstance(value, bool) or value == "auto"):
-                raise ConfigError(f"model.{key}={value!r} must be true, false or auto (on for glimpses of "
-                                  f"{CHECKPOINT_FROM} px and more).")
-        if not (isinstance(fixed_slots, bool) or fixed_slots == "auto"):
-            raise ConfigError(f"model.fixed_slots={fixed_slots!r} must be true, false or auto (on where the input is "
-                              "on a GPU).")
-        if (isinstance(skip_glimpse_below, bool) or not isinstance(skip_glimpse_below, (int, float))
-                or not (0 <= skip_glimpse_below <= 1)):
-            raise ConfigError(f"model.skip_glimpse_below={skip_glimpse_below!r} must be a presence in [0, 1] (0: "
-                              "every cell is encoded and decoded).")
+                        pick_direction: bool = False, pick_views: int = 1, **_ignored) -> None:
+        """Raise ConfigError, naming the key and the fix, for settings the model cannot run (the run options
+        of the execution group: :meth:`ExecutionOptions.validate`)."""
         for key, value in (("backfill", backfill), ("pick_direction", pick_direction)):
             if not isinstance(value, bool):
                 raise ConfigError(f"model.{key}={value!r} must be true or false.")
