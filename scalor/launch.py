@@ -115,12 +115,24 @@ def run_name(experiment: Any, data: Any, overrides: Any, task: Any = "fit", ckpt
     return str(experiment)
 
 
-@functools.lru_cache(maxsize=8)
-def _saved_experiment(path: str, mtime_ns: int) -> str | None:
+@functools.lru_cache(maxsize=4)
+def _read(path: str, mtime_ns: int) -> dict:
     import torch
 
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+
+
+def read_checkpoint(path: str) -> dict:
+    """A Lightning checkpoint read once per process (memory-mapped: tensors are paged in only when used; read again
+    if the file changes), for the start-up checks that look into it: the run name, the config check, the wandb run
+    to resume. Raises what ``torch.load`` raises for an unreadable file; callers must not modify the dict."""
+    return _read(str(path), Path(path).stat().st_mtime_ns)
+
+
+def checkpoint_experiment(path: str) -> str | None:
+    """The experiment a checkpoint of ``python run.py`` was trained in, or None where it does not say."""
     try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        ckpt = read_checkpoint(path)
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the task's own checks
         return None
     name = (ckpt.get("hyper_parameters") or {}).get("experiment")
@@ -130,11 +142,6 @@ def _saved_experiment(path: str, mtime_ns: int) -> str | None:
     if Path(path).parent.name != "checkpoints" or not (run / ".hydra").is_dir():
         return None
     return run.parent.parent.name if run.parent.name.startswith("multirun_") else run.parent.name
-
-
-def checkpoint_experiment(path: str) -> str | None:
-    """The experiment a checkpoint of ``python run.py`` was trained in, or None where it does not say."""
-    return _saved_experiment(path, Path(path).stat().st_mtime_ns)
 
 
 def register_resolvers() -> None:

@@ -14,7 +14,7 @@ from torch import Tensor
 from scalor.errors import ConfigError
 from scalor.metrics import CountingMetrics, ErrorBreakdown, MOTMetrics
 from scalor.model import PRESENCE_THRESHOLD, SCALOR, SequenceOutput
-from scalor.model.config import MOVED_TO_EXECUTION, REMOVED_OPTIONS, upgrade_saved_config
+from scalor.model.config import upgrade_saved_config
 from scalor.model.execution import ExecutionOptions
 from scalor.resume import step_seed
 from scalor.schedules import Curriculum, Schedule
@@ -77,8 +77,7 @@ class SCALORLitModule(L.LightningModule):
                  experiment: Optional[str] = None,
                  execution: Optional[Mapping | ExecutionOptions] = None) -> None:
         super().__init__()
-        if model is not None and any(key in model for key in (*REMOVED_OPTIONS, *MOVED_TO_EXECUTION)):
-            model = upgrade_saved_config(model)  # an older checkpoint's hparams (load_from_checkpoint): saved upgraded
+        model = upgrade_saved_config(model or {})  # an older checkpoint's hparams (load_from_checkpoint): upgraded
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "execution"], logger=False)
         self.execution = ExecutionOptions.from_config(execution)
         self.model: SCALOR = self.execution.apply(_build(model, SCALOR))

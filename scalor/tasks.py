@@ -31,7 +31,7 @@ from scalor.callbacks import AtomicCheckpointIO
 from scalor.callbacks.wandb_run import WandbRun, wandb_logger_args, watch_args
 from scalor.console import quiet_console
 from scalor.errors import ConfigError, ScalorError
-from scalor.launch import monitor_choice, use_job_command_for_ddp_workers
+from scalor.launch import monitor_choice, read_checkpoint, use_job_command_for_ddp_workers
 from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule, check_fit_val_pick_views
 from scalor.model import SCALOR
 from scalor.model.config import upgrade_saved_config
@@ -352,7 +352,7 @@ def find_last_checkpoint(output_root: str, name: str) -> Optional[Path]:
 
 def _load_checkpoint(path: str) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return read_checkpoint(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is a user error here
         raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({type(err).__name__}); pass a .ckpt "
                           "file written by `python run.py`.") from None

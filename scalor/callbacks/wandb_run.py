@@ -21,7 +21,6 @@ import os
 from typing import Any, Optional
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback
@@ -30,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from scalor.errors import ConfigError
+from scalor.launch import read_checkpoint
 
 CHECKPOINT_KEY = "wandb_run_id"
 WATCH_LOG = ("gradients", "parameters", "all")
@@ -117,8 +117,8 @@ def resumed_run_id(cfg: DictConfig, ckpt_path: Optional[str]) -> Optional[str]:
         return None
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         return None
-    try:  # mmap: the tensors are not read
-        checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    try:
+        checkpoint = read_checkpoint(ckpt_path)
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported by check_config
         return None
     run_id = checkpoint.get(CHECKPOINT_KEY)
