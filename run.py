@@ -70,8 +70,29 @@ def check_group_deletions(argv: list[str]) -> None:
             sys.exit(2)
 
 
+def check_retired_model_keys(argv: list[str]) -> None:
+    """``model.<key>=...`` for a key that moved to the execution group or was removed: one line that says so
+    (Hydra alone would answer "Key ... is not in struct")."""
+    keys = [arg.lstrip("+~").partition("=")[0] for arg in argv]
+    if not any(key.startswith("model.") for key in keys):
+        return
+    from scalor.model.config import MOVED_TO_EXECUTION, REMOVED_OPTIONS
+
+    for key in keys:
+        name = key.removeprefix("model.")
+        if key.startswith("model.") and name in MOVED_TO_EXECUTION:
+            message = f"{key} is now execution.{name} (how the model is run, not part of it); write execution.{name}"
+        elif key.startswith("model.") and name in REMOVED_OPTIONS:
+            message = f"{key} no longer exists (it was removed; docs/tuning.md says why); drop it"
+        else:
+            continue
+        print(f"error: {message}.", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     check_group_deletions(sys.argv[1:])
+    check_retired_model_keys(sys.argv[1:])
     main()
     if JOBS["failed"]:
         failed = ", ".join(str(n) for n in JOBS["failed"])

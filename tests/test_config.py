@@ -328,7 +328,8 @@ def test_checkpoint_trained_with_a_removed_option_switched_on(compose_cfg, tmp_p
 
 
 CLI_BAD = [["model.glimpse_size=20"], ["task=test"], ["data.batch_size=0"], ["trainer.max_steps=abc"],
-           ["data.batch_size=abc"], ["experiment=null"], ["logger=null"]]
+           ["data.batch_size=abc"], ["experiment=null"], ["logger=null"], ["model.channels_last=false"],
+           ["model.reverse_init=true"]]
 if not torch.cuda.is_available():
     CLI_BAD.append(["strategy=ddp"])
 
