@@ -34,8 +34,10 @@ from scalor.tracking import inference_mode, inference_schedule, streaming
 from scalor.viz import (VideoWriter, draw_boxes, draw_trails, make_grid, mark_generated, mot_rows, to_uint8_hwc,
                         write_mot_txt)
 
+from scalor.tracking.tiles import TileJoiner
+
 if TYPE_CHECKING:  # not at run time: the data modules import Lightning, which scalor.bench keeps out
-    from scalor.datamodules.video import FrameFit
+    from scalor.datamodules.video import FrameFit, TileFit
 
 __all__ = ["PRESENCE_THRESHOLD", "generate_videos", "inference_schedule", "load_model", "track_video"]
 
@@ -104,14 +106,16 @@ def _windows(frames: Iterable, size: int) -> Iterator[list]:
 def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.PathLike, window: int = 10,
                 fps: float = 10.0, trail: int = 8, device: str | torch.device | None = "cpu",
                 schedule: Schedule | None = None, upscale: int | None = None,
-                fit: FrameFit | None = None) -> dict[str, Any]:
+                fit: FrameFit | TileFit | None = None) -> dict[str, Any]:
     """Track objects through a stream of frames; write tracks.txt and tracks.mp4.
 
     ``fit`` None: frames are the model's input, float32 (3, S, S) in [0, 1] (S = the model's image size), and the
     outputs are in its pixels, frames numbered 1, 2, ... . With a :class:`~scalor.datamodules.video.FrameFit`
     (``fit.img_size`` = S): frames are the footage's own, RGB uint8 (h, w, 3) of one size, each fitted to the model
     by ``fit.model_input``, and the outputs are in the footage's pixels (boxes clipped to it) and frame numbers
-    (``fit.frame_number``).
+    (``fit.frame_number``). With a :class:`~scalor.datamodules.video.TileFit` the whole footage frame is tracked by
+    overlapping tiles, one batch element each, and the tiles' tracks are joined online into one set with global
+    IDs (:class:`~scalor.tracking.tiles.TileJoiner`).
 
     Frames are read ``window`` at a time; the model runs in eval mode, deterministically (posterior means),
     without gradients, and its ``carry`` continues each window where the previous one ended, so object IDs
@@ -152,6 +156,8 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
     footage_hw = None if fit is not None else img_hw
     model_s = 0.0
     carry = None
+    tiled = fit is not None and hasattr(fit, "tiles")
+    joiner = None
     start = time.perf_counter()
     with inference_mode(model, deterministic=True), streaming(model), VideoWriter(mp4, fps) as writer:
         for chunk in _windows(frames, int(window)):
@@ -164,19 +170,31 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
                 pictures = [_check_footage(f, n, footage_hw) for f, n in zip(chunk, numbers)]
                 clip = np.stack([fit.model_input(p, f"footage frame {n}") for p, n in zip(pictures, numbers)])
             height, width = footage_hw
-            video = torch.from_numpy(clip).to(dev)[None]  # (1, T, 3, S, S)
+            if tiled:  # (T, N, 3, S, S) -> a batch of N tiles
+                joiner = joiner or TileJoiner(fit.footage_tiles(height, width), height, width)
+                video = torch.from_numpy(np.ascontiguousarray(clip.swapaxes(0, 1))).to(dev)  # (N, T, 3, S, S)
+            else:
+                video = torch.from_numpy(clip).to(dev)[None]  # (1, T, 3, S, S)
             t0 = time.perf_counter()
             out = model(video, schedule, carry=carry, track_only=True)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             model_s += time.perf_counter() - t0
             carry = out.carry
-            boxes = out.boxes[0].float().cpu().numpy()  # (T, N, 4) normalised to the model's input
-            if fit is not None:  # normalised to the footage frame
-                boxes = fit.to_footage(boxes, height, width) / np.array([width, height, width, height])
-            pres = out.presence[0].float().cpu().numpy()  # (T, N)
-            ids = out.ids[0].cpu().numpy()  # (T, N)
-            ids = np.where(pres > PRESENCE_THRESHOLD, ids, -1)
+            norm = np.array([width, height, width, height])
+            pres = out.presence.float().cpu().numpy()  # (B, T, K)
+            ids = np.where(pres > PRESENCE_THRESHOLD, out.ids.cpu().numpy(), -1)
+            boxes = out.boxes.float().cpu().numpy()  # (B, T, K, 4) normalised to the model's input
+            if tiled:  # each tile's boxes in footage pixels, joined frame by frame into whole-frame tracks
+                boxes = fit.to_footage(boxes, height, width)
+                joined = [joiner(boxes[:, t], ids[:, t], pres[:, t]) for t in range(len(chunk))]
+                boxes = [b / norm for b, _, _ in joined]
+                ids = [i for _, i, _ in joined]
+                pres = [c for _, _, c in joined]
+            else:
+                boxes, pres, ids = boxes[0], pres[0], ids[0]  # (T, K, ...)
+                if fit is not None:  # normalised to the footage frame
+                    boxes = fit.to_footage(boxes, height, width) / norm
             rows = []
             for t, number in enumerate(numbers):
                 keep = ids[t] >= 0
@@ -216,7 +234,7 @@ def _draw_frame(picture: np.ndarray, history: deque, fit: FrameFit | None, upsca
     img = _enlarge(picture, scale)
     thickness = max(1, scale // 2, min(img.shape[:2]) // 256)
     img = draw_trails(img, history, thickness=thickness)  # a new array: the picture stays as it was
-    if fit is not None and fit.resize == "crop":
+    if getattr(fit, "resize", None) == "crop":
         left, top, side_w, side_h = (v * scale for v in fit.region(h, w))
         cv2.rectangle(img, (left, top), (left + side_w - 1, top + side_h - 1), (255, 255, 255), thickness)
     boxes, ids = history[-1]

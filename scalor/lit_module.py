@@ -56,7 +56,8 @@ class SCALORLitModule(L.LightningModule):
     ones. tracking_inference: how validation and test infer the tracks that the tracking and counting metrics
     score: ``deterministic`` (posterior means and u = 0.5 presence, as ``task=track`` tracks; one more, track-only
     pass) or ``sampled`` (the posterior sample that the ELBO of the same pass uses). experiment: the run's name,
-    kept in the checkpoint so that ``task=track`` names its run folder after it. execution: how the model is run
+    kept in the checkpoint so that ``task=track`` names its run folder after it. data: the training data's config,
+    kept so that ``task=track`` fits footage to the model as it was trained (e.g. tiles at a scale). execution: how the model is run
     (the execution group: :class:`scalor.model.execution.ExecutionOptions`, a mapping or an instance; None: the
     defaults), applied to the built model and not saved in the checkpoint (older checkpoints' run options in the
     model config are dropped).
@@ -74,7 +75,7 @@ class SCALORLitModule(L.LightningModule):
                  scheduler: Optional[Callable[..., Any]] = None, scheduler_interval: str = "step",
                  seed: int = 0, train_seq_len: Optional[int] = None,
                  tracking_inference: str = "deterministic", fit_val_pick_views: Optional[int] = None,
-                 experiment: Optional[str] = None,
+                 experiment: Optional[str] = None, data: Optional[Mapping] = None,
                  execution: Optional[Mapping | ExecutionOptions] = None) -> None:
         super().__init__()
         model = upgrade_saved_config(model or {})  # an older checkpoint's hparams (load_from_checkpoint): upgraded

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import hydra
 import lightning as L
@@ -122,11 +122,13 @@ def track(cfg: DictConfig) -> dict:
     """Stream ``data.path`` (a video file or a folder of frames) through the checkpoint's model, ``data.seq_len``
     frames at a time with the state carried over, and write ``tracks.txt`` (MOTChallenge) and ``tracks.mp4``
     into the run folder, in the footage's own pixels and frame numbers. The model (image size, grid ...) is the
-    checkpoint's: each frame is fitted to its input (``data.resize``, ``data.crop_size``) and its boxes mapped back;
-    a ``data.img_size`` on the command line other than the checkpoint's is a ConfigError. Returns the tracking stats."""
+    checkpoint's: each frame is fitted to its input (``data.resize``, ``data.crop_size``; ``resize=tiles``: the
+    whole frame by overlapping tiles at ``data.scale``) and its boxes mapped back. How frames are fitted is the
+    checkpoint's training data's where the command line does not say; a ``data.img_size`` on the command line other
+    than the checkpoint's is a ConfigError. Returns the tracking stats."""
     ckpt_path = check_config(cfg)
     start = time.monotonic()
-    from scalor.datamodules.video import FrameFit, footage_frames, video_fps
+    from scalor.datamodules.video import FrameFit, TileFit, footage_frames, video_fps
     from scalor.inference import inference_schedule, load_model, track_video
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -140,19 +142,54 @@ def track(cfg: DictConfig) -> dict:
     if cfg.model.get("backfill"):  # the checkpoint's setting, or switched on for this run
         model.backfill = True
         model.backfill_copy_iou = float(cfg.model.get("backfill_copy_iou", model.backfill_copy_iou))
-    fit = FrameFit(size, data.get("resize", "resize"), data.get("crop_size"), int(data.get("frame_skip", 1)))
+    fitting = footage_fitting(cfg, (_load_checkpoint(ckpt_path).get("hyper_parameters") or {}).get("data"))
+    skip = int(data.get("frame_skip", 1))
+    if fitting["resize"] == "tiles":
+        fit = TileFit(size, float(fitting["scale"]), int(fitting["tile_overlap"]), skip)
+    else:
+        fit = FrameFit(size, fitting["resize"], fitting["crop_size"], skip)
     stats = track_video(model, footage_frames(data.path, fit.frame_skip), cfg.paths.output_dir,
                         window=int(data.seq_len), fps=video_fps(data.path) / fit.frame_skip, device=device,
                         schedule=inference_schedule(instantiate(cfg.curriculum)), fit=fit)
     h, w = stats["footage_hw"]
-    left, top, side, _ = fit.region(h, w)
-    seen = "the whole frame resized" if fit.resize == "resize" else f"the {side} px square at ({left}, {top}) resized"
-    print_summary(cfg, None, "track", time.monotonic() - start,
+    scores = {}
+    if cfg.get("groundtruth"):
+        from scalor.metrics.mot_files import score_tracks
+
+        scores = {f"track/{k}": v for k, v in score_tracks(stats["tracks_txt"], cfg.groundtruth).items()}
+        stats["metrics"] = scores
+    seconds = time.monotonic() - start
+    write_summary(cfg, "track", seconds, None, {**{k: stats[k] for k in SUMMARY_STATS}, **scores}, str(ckpt_path))
+    if isinstance(fit, TileFit):
+        seen = (f"{len(fit.tiles(h, w))} tiles overlapping by {fit.overlap} px over the whole frame scaled by "
+                f"{fit.scale:.4g}")
+    else:
+        left, top, side, _ = fit.region(h, w)
+        seen = ("the whole frame resized" if fit.resize == "resize"
+                else f"the {side} px square at ({left}, {top}) resized")
+    print_summary(cfg, None, "track", seconds,
                   {"checkpoint": ckpt_path, "footage": f"{w}x{h} px (tracks.txt and tracks.mp4 in these pixels)",
-                   "model input": f"{size}x{size} px ({seen})",
-                   **{k: stats[k] for k in ("frames", "num_ids", "detections", "max_objects", "frames_per_s")}},
+                   "model input": f"{size}x{size} px ({seen})", **{k: stats[k] for k in SUMMARY_STATS}, **scores},
                   (Path(stats["tracks_txt"]), Path(stats["tracks_mp4"])))
     return stats
+
+
+SUMMARY_STATS = ("frames", "num_ids", "detections", "max_objects", "frames_per_s")
+FIT_KEYS = {"resize": "resize", "crop_size": None, "scale": 1.0, "tile_overlap": 32}
+
+
+def footage_fitting(cfg: DictConfig, trained: Optional[Mapping]) -> dict:
+    """How task=track fits footage to the model: each of ``FIT_KEYS`` from the command line where it sets
+    ``data.<key>``, else from the checkpoint's training data config ``trained`` where that was footage
+    (``data=video``), else from this run's data config."""
+    trained = trained if str((trained or {}).get("_target_", "")).endswith("VideoDataModule") else {}
+    out = {}
+    for key, default in FIT_KEYS.items():
+        if not command_line_sets(f"data.{key}") and key in trained:
+            out[key] = trained[key]
+        else:
+            out[key] = cfg.data.get(key, default)
+    return out
 
 
 def command_line_sets(key: str) -> bool:
@@ -209,6 +246,11 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     if task == "track" and not data.get("path"):
         raise ConfigError("task=track streams a video: pass data=video data.path=/path/to/clip.mp4 (or a folder "
                           "of frames).")
+    gt = resolved.get("groundtruth")
+    if gt is not None and (task != "track" or not Path(str(gt)).expanduser().is_file()):
+        raise ConfigError(f"groundtruth={gt}: " + ("no such file; pass the path of a MOTChallenge gt.txt (e.g. "
+                          "groundtruth/vtest/gt.txt)." if task == "track" else f"scores task=track only (this is "
+                          f"task={task}); drop it."))
     clip = resolved.get("train_seq_len")
     if clip is not None and not (isinstance(clip, int) and clip >= 1):
         raise ConfigError(f"train_seq_len={clip} must be a number of frames >= 1 (or null: whole sequences).")
@@ -409,7 +451,7 @@ def build_module(cfg: DictConfig) -> SCALORLitModule:
         scheduler_interval=cfg.scheduler_interval, seed=cfg.seed, train_seq_len=cfg.get("train_seq_len"),
         tracking_inference=cfg.get("tracking_inference", "deterministic"),
         fit_val_pick_views=cfg.get("fit_val_pick_views"), experiment=str(cfg.name),
-        execution=execution_options(cfg),
+        data=OmegaConf.to_container(cfg.data, resolve=True), execution=execution_options(cfg),
     )
 
 

@@ -12,7 +12,8 @@ runs (their figures move to a folder of their own); `--replace` drops them inste
 A run folder is what `python run.py task=fit ...` leaves: summary.json (command, hardware, wall time, steps,
 test metrics), csv/version_*/metrics.csv (the CSV logger's history) and media/test_tracking.{mp4,png}.
 Per experiment the page gets a table row, loss and validation curves (PNG) and the tracking video and panel
-of the first test sequence. Nothing is typed in: rerun the commands, then this script.
+of the first test sequence; where `task=track ... groundtruth=gt.txt` tracked one of the run's checkpoints, also
+that score (the newest track run's figure of a few frames and a half-size excerpt of its tracks.mp4). Nothing is typed in: rerun the commands, then this script.
 """
 
 from __future__ import annotations
@@ -149,6 +150,91 @@ def tests_of(run_dir: Path, checkpoint: str | None) -> list[dict]:
     return sorted(found, key=lambda x: x["finished"])
 
 
+def tracks_of(run_dir: Path) -> list[tuple[Path, dict]]:
+    """(folder, summary) of the task=track runs of the same experiment that tracked a checkpoint of this run and
+    scored it against ground truth (``groundtruth=...``), oldest first."""
+    ckpts = (run_dir / "checkpoints").resolve()
+    found = []
+    for path in run_dir.parent.glob(f"*/{SUMMARY_FILE}"):
+        summary = read_summary(path.parent)
+        ckpt = summary.get("checkpoint")
+        if (summary["task"] == "track" and ckpt and Path(ckpt).resolve().parent == ckpts
+                and "track/mota" in summary["metrics"]):
+            found.append((path.parent, summary))
+    return sorted(found, key=lambda x: x[1]["finished"])
+
+
+TRACK_COLUMNS = [("MOTA", "track/mota"), ("MOTP", "track/motp"), ("IDF1", "track/idf1"),
+                 ("ID sw.", "track/id_switches"), ("count acc.", "track/count_acc"), ("count MAE", "track/count_mae"),
+                 ("annotated frames", "track/annotated_frames")]
+
+
+def track_media(track_dir: Path, out: Path, name: str, frames: tuple[int, ...] = (101, 301, 501, 701),
+                excerpt: int = 150) -> list[str]:
+    """From a track run's tracks.mp4: a figure of the given (1-based) frames side by side, two to a row, and a
+    half-size excerpt of the first ``excerpt`` frames; the page's lines for both."""
+    import cv2
+    import numpy as np
+
+    video = track_dir / "tracks.mp4"
+    if not video.is_file():
+        return []
+    cap = cv2.VideoCapture(str(video))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
+    writer, shots, k = None, {}, 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        k += 1
+        small = cv2.resize(frame, (frame.shape[1] // 2, frame.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        if k in frames:
+            shots[k] = small
+        if k <= excerpt:
+            if writer is None:
+                writer = cv2.VideoWriter(str(out / "tracks_excerpt.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                         (small.shape[1], small.shape[0]))
+            writer.write(small)
+        if k >= max(max(frames), excerpt):
+            break
+    cap.release()
+    if writer is not None:
+        writer.release()
+    lines = []
+    if shots:
+        images = [shots[f] for f in sorted(shots)]
+        images += [np.zeros_like(images[0])] * (len(images) % 2)
+        rows = [np.concatenate(images[i:i + 2], 1) for i in range(0, len(images), 2)]
+        cv2.imwrite(str(out / "tracks.png"), np.concatenate(rows, 0))
+        lines += [f"![{name} whole-frame tracks](results/{name}/tracks.png)", "",
+                  f"Frames {', '.join(map(str, sorted(shots)))} of tracks.mp4 (half size).", ""]
+    if writer is not None:
+        lines += [f"The first {min(k, excerpt)} frames of tracks.mp4 (half size): "
+                  f"[results/{name}/tracks_excerpt.mp4](results/{name}/tracks_excerpt.mp4)", ""]
+    return lines
+
+
+def track_lines(run_dir: Path, out: Path, name: str, earlier: bool) -> list[str]:
+    """The whole-frame tracking table (task=track runs scored against ground truth) and, for the newest run on
+    the page, the newest track run's figure and excerpt."""
+    tracked = tracks_of(run_dir)
+    if not tracked:
+        return []
+    lines = ["Tracked over the whole footage by `task=track`, scored against ground truth on the frames it "
+             "annotates (IoU >= 0.5):", "",
+             "| track | " + " | ".join(c for c, _ in TRACK_COLUMNS) + " | wall time | frames/s |",
+             "|" + "---|" * (len(TRACK_COLUMNS) + 3)]
+    for i, (_, summary) in enumerate(tracked, 1):
+        m = summary["metrics"]
+        lines.append("| " + " | ".join([f"track {i}"] + [fmt(m.get(k)) for _, k in TRACK_COLUMNS]
+                                       + [duration(summary["wall_seconds"]), fmt(m.get("frames_per_s"))]) + " |")
+    lines.append("")
+    lines += [f"- track {i}: `{s['command']}` ({s['hardware']})" for i, (_, s) in enumerate(tracked, 1)] + [""]
+    if not earlier:
+        lines += track_media(tracked[-1][0], out, name)
+    return lines
+
+
 ERRORS = "test/errors/"
 
 
@@ -245,6 +331,7 @@ def section(run_dir: Path, docs: Path, earlier: bool = False) -> str:
         if errors and retests:
             errors[0] = f"From the {' and the '.join(labels)}. " + errors[0]
         lines += errors
+    lines += track_lines(run_dir, out, name, earlier)
     if plot_curves(history(run_dir), out / "curves.png", name):
         lines += [f"![{name} curves]({rel}/curves.png)", ""]
     video = tracking_video(run_dir)

