@@ -57,10 +57,10 @@ class SCALORLitModule(L.LightningModule):
     score: ``deterministic`` (posterior means and u = 0.5 presence, as ``task=track`` tracks; one more, track-only
     pass) or ``sampled`` (the posterior sample that the ELBO of the same pass uses). experiment: the run's name,
     kept in the checkpoint so that ``task=track`` names its run folder after it. data: the training data's config,
-    kept so that ``task=track`` fits footage to the model as it was trained (e.g. tiles at a scale). execution: how the model is run
-    (the execution group: :class:`scalor.model.execution.ExecutionOptions`, a mapping or an instance; None: the
-    defaults), applied to the built model and not saved in the checkpoint (older checkpoints' run options in the
-    model config are dropped).
+    kept so that ``task=track`` fits footage to the model as it was trained (e.g. tiles at a scale). execution:
+    how the model is run (the execution group: :class:`scalor.model.execution.ExecutionOptions`, a mapping or an
+    instance; None: the defaults), applied to the built model and not saved in the checkpoint (older checkpoints'
+    run options in the model config are dropped).
 
     Loss: the batch mean of the negative ELBO per frame (docs/model.md §4.8). Logged per step: ``train/*`` loss
     and KL terms, object counts and ``schedule/*``; per epoch: ``val/*`` and ``test/*`` terms and, where the

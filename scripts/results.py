@@ -13,7 +13,8 @@ A run folder is what `python run.py task=fit ...` leaves: summary.json (command,
 test metrics), csv/version_*/metrics.csv (the CSV logger's history) and media/test_tracking.{mp4,png}.
 Per experiment the page gets a table row, loss and validation curves (PNG) and the tracking video and panel
 of the first test sequence; where `task=track ... groundtruth=gt.txt` tracked one of the run's checkpoints, also
-that score (the newest track run's figure of a few frames and a half-size excerpt of its tracks.mp4). Nothing is typed in: rerun the commands, then this script.
+that score (the newest track run's figure of a few frames and a half-size excerpt of its tracks.mp4). Nothing is
+typed in: rerun the commands, then this script.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Every `python run.py` command in README.md's command blocks runs as written, with tiny overrides appended
 (small images, few sequences, one training step, CPU, no logger, outputs under tmp) and the README's
-placeholders (/path/to/frames, clip.mp4, /path/to/vtest.avi, /path/to/mnist, ckpt_path=PATH) replaced by generated stand-ins.
-A command for hardware this machine lacks (a SLURM cluster, GPUs) is composed and printed (`--cfg job`), not run."""
+placeholders (/path/to/frames, clip.mp4, /path/to/vtest.avi, /path/to/mnist, ckpt_path=PATH) replaced by
+generated stand-ins. A command for hardware this machine lacks (a SLURM cluster, GPUs) is composed and printed
+(`--cfg job`), not run."""
 
 from __future__ import annotations
 

@@ -248,3 +248,20 @@ def test_task_track_scores_against_ground_truth(compose_cfg, tmp_path, capsys):
                       f"groundtruth={tmp_path / 'none.txt'}", run="track2")
     with pytest.raises(ConfigError, match="none.txt: no such file"):
         run(bad)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.scale=0", "data.scale=0.0 must be > 0"),
+    ("data.scale=0.2", "smaller than one 64 px tile; raise data.scale or lower data.img_size"),
+    ("data.tile_overlap=64", "data.tile_overlap=64 must be in [0, data.img_size=64)"),
+])
+def test_bad_tile_settings_stop_with_one_line(tmp_path, override, message):
+    clip = write_clip(tmp_path / "clip.mp4", [squares_footage(k, 160) for k in range(12)])
+    dm = VideoDataModule(str(clip), str(tmp_path / "cache"), img_size=64, seq_len=3, resize="tiles", scale=0.75)
+    key, value = override.split("=")
+    setattr(dm, {"data.scale": "scale", "data.tile_overlap": "tile_overlap"}[key], type(getattr(dm, key[5:]))(value))
+    with pytest.raises((ConfigError, DataError), match=message.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)")) as err:
+        dm.validate()
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "cache").exists()  # nothing decoded
