@@ -62,8 +62,9 @@ def check_group_deletions(argv: list[str]) -> None:
     conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
     for arg in argv:
         group, _, value = arg.partition("=")
-        if value in ("null", "None") and group.isidentifier() \
-                and os.path.isdir(os.path.join(conf, group)):
+        name, _, package = group.partition("@")  # tracker@fit_val_tracker: the tracker group at fit_val_tracker
+        if value in ("null", "None") and name.isidentifier() and (not package or package.isidentifier()) \
+                and os.path.isdir(os.path.join(conf, name)):
             named = " (the run is then named after its data group)" if group == "experiment" else ""
             print(f"error: {arg} is not how a config group is dropped; write '~{group}'{named}.", file=sys.stderr,
                   flush=True)
@@ -71,17 +72,20 @@ def check_group_deletions(argv: list[str]) -> None:
 
 
 def check_retired_model_keys(argv: list[str]) -> None:
-    """``model.<key>=...`` for a key that moved to the execution group or was removed: one line that says so
-    (Hydra alone would answer "Key ... is not in struct")."""
-    keys = [arg.lstrip("+~").partition("=")[0] for arg in argv]
-    if not any(key.startswith("model.") for key in keys):
+    """``model.<key>=...`` for a key that moved to the execution group, out of the model (the tracker group,
+    ``nll_samples``, ``observe_frames``) or was removed: one line that says so and names the new key (Hydra alone
+    would answer "Key ... is not in struct")."""
+    pairs = [arg.lstrip("+~").partition("=")[::2] for arg in argv]
+    if not any(key.startswith("model.") for key, _ in pairs):
         return
-    from scalor.model.config import MOVED_TO_EXECUTION, REMOVED_OPTIONS
+    from scalor.model.config import MOVED_OUT_OF_MODEL, MOVED_TO_EXECUTION, REMOVED_OPTIONS, moved_out_of_model
 
-    for key in keys:
+    for key, value in pairs:
         name = key.removeprefix("model.")
         if key.startswith("model.") and name in MOVED_TO_EXECUTION:
             message = f"{key} is now execution.{name} (how the model is run, not part of it); write execution.{name}"
+        elif key.startswith("model.") and name in MOVED_OUT_OF_MODEL:
+            message = moved_out_of_model(name, value or None)
         elif key.startswith("model.") and name in REMOVED_OPTIONS:
             message = f"{key} no longer exists (it was removed; docs/tuning.md says why); drop it"
         else:

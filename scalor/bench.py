@@ -30,6 +30,7 @@ from scalor.errors import ScalorError
 from scalor.model import SCALOR
 from scalor.model.execution import ExecutionOptions
 from scalor.summary import hardware
+from scalor.tracking import OnlineTracker
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -127,7 +128,7 @@ def run_bench(cfg: DictConfig) -> dict:
         optimizer = instantiate(cfg.optimizer)(model.parameters())
     else:
         model.eval()
-        model.deterministic = True
+        tracker = instantiate(cfg.tracker) if cfg.get("tracker") is not None else OnlineTracker()
     precision = str(cfg.trainer.precision)
     if precision not in ("32-true", "32", "bf16-mixed"):
         raise ScalorError(f"trainer.precision={precision} is not measured by the benchmark: use 32-true or bf16-mixed.")
@@ -142,8 +143,8 @@ def run_bench(cfg: DictConfig) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return out
-        with torch.no_grad(), autocast:
-            return model(video, schedule, track_only=True)
+        with autocast:  # the configured tracker (tracker=...), as validation tracks: eval mode, no gradients
+            return tracker(model, video, schedule)
 
     for step in range(int(b.warmup) + int(b.steps)):
         if device.type == "cuda":
@@ -176,6 +177,7 @@ def run_bench(cfg: DictConfig) -> dict:
             "img_size": int(cfg.data.img_size), "grid": [int(cfg.grid.num_cell_h), int(cfg.grid.num_cell_w)],
             "batch_size": int(cfg.data.batch_size), "seq_len": int(cfg.data.seq_len),
             "model": OmegaConf.to_container(cfg.model, resolve=True),
+            **({"tracker": repr(tracker)} if b.mode == "track" else {}),  # e.g. PickTracker(views=8, ...)
             "execution": execution.to_dict(),
             # what the model runs with (checkpoint_decoder/encoder=auto resolve by glimpse size)
             "checkpointing": {"decoder": model.checkpoint_decoder, "encoder": model.checkpoint_encoder},

@@ -30,7 +30,7 @@ from scalor.model import PRESENCE_THRESHOLD, SCALOR
 from scalor.model.config import upgrade_saved_config
 from scalor.model.execution import ExecutionOptions
 from scalor.schedules import Schedule
-from scalor.tracking import inference_mode, inference_schedule, streaming
+from scalor.tracking import OnlineTracker, Tracker, evaluating, inference_schedule
 from scalor.viz import (VideoWriter, draw_boxes, draw_trails, make_grid, mark_generated, mot_rows, to_uint8_hwc,
                         write_mot_txt)
 
@@ -106,7 +106,7 @@ def _windows(frames: Iterable, size: int) -> Iterator[list]:
 def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.PathLike, window: int = 10,
                 fps: float = 10.0, trail: int = 8, device: str | torch.device | None = "cpu",
                 schedule: Schedule | None = None, upscale: int | None = None,
-                fit: FrameFit | TileFit | None = None) -> dict[str, Any]:
+                fit: FrameFit | TileFit | None = None, tracker: Tracker | None = None) -> dict[str, Any]:
     """Track objects through a stream of frames; write tracks.txt and tracks.mp4.
 
     ``fit`` None: frames are the model's input, float32 (3, S, S) in [0, 1] (S = the model's image size), and the
@@ -117,15 +117,15 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
     overlapping tiles, one batch element each, and the tiles' tracks are joined online into one set with global
     IDs (:class:`~scalor.tracking.tiles.TileJoiner`).
 
-    Frames are read ``window`` at a time; the model runs in eval mode, deterministically (posterior means),
-    without gradients, and its ``carry`` continues each window where the previous one ended, so object IDs
-    persist over the whole video and memory does not grow with its length (``pick_direction`` is off here:
-    :func:`streaming`). Every processed frame is written at once: ``tracks.txt`` gets MOTChallenge lines
+    Frames are read ``window`` at a time and tracked by ``tracker.streaming()`` (None: the
+    :class:`~scalor.tracking.OnlineTracker`; a PickTracker streams with backfill or online) in eval mode, on
+    posterior means, without gradients; its ``carry`` continues each window where the previous one ended, so
+    object IDs persist over the whole video and memory does not grow with its length. Every processed frame is written at once: ``tracks.txt`` gets MOTChallenge lines
     ``frame,id,x,y,w,h,conf,-1,-1,-1`` (conf = presence) for objects with presence > 0.5; ``tracks.mp4`` shows
     the frames with their boxes and the last ``trail`` box centres in ID colours (and, for a crop, the outline of
     the tracked square). ``upscale`` enlarges the video's frames that many times (None: model input to >= 256 px,
     footage as it is). ``device`` moves the model there (None: leave it where it is); ``schedule`` defaults to
-    :func:`inference_schedule`. The model's train/deterministic settings are restored afterwards.
+    :func:`inference_schedule`. The model's train mode is restored afterwards.
 
     Returns ``frames`` (count), ``footage_hw`` (h, w of the frames the tracks are in), ``num_ids`` and ``ids``
     (distinct IDs written), ``detections`` (lines written), ``max_objects`` (most objects in one frame),
@@ -158,8 +158,9 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
     carry = None
     tiled = fit is not None and hasattr(fit, "tiles")
     joiner = None
+    stream = (tracker or OnlineTracker()).streaming()
     start = time.perf_counter()
-    with inference_mode(model, deterministic=True), streaming(model), VideoWriter(mp4, fps) as writer:
+    with evaluating(model), VideoWriter(mp4, fps) as writer:
         for chunk in _windows(frames, int(window)):
             numbers = [n_frames + i + 1 if fit is None else fit.frame_number(n_frames + i) for i in range(len(chunk))]
             if fit is None:
@@ -176,7 +177,7 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
             else:
                 video = torch.from_numpy(clip).to(dev)[None]  # (1, T, 3, S, S)
             t0 = time.perf_counter()
-            out = model(video, schedule, carry=carry, track_only=True)
+            out = stream(model, video, schedule, carry=carry)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             model_s += time.perf_counter() - t0
@@ -243,15 +244,16 @@ def _draw_frame(picture: np.ndarray, history: deque, fit: FrameFit | None, upsca
 
 # ---------------------------------------------------------------------------------------------- generation
 def generate_videos(model: SCALOR, video: Tensor | np.ndarray, out_dir: str | os.PathLike, observe_frames: int,
-                    fps: float = 5.0, schedule: Schedule | None = None, deterministic: bool | None = None,
+                    fps: float = 5.0, schedule: Schedule | None = None, deterministic: bool = False,
                     start_index: int = 0, upscale: int | None = None) -> list[Path]:
     """Condition on the first ``observe_frames`` frames of video (B, T, 3, H, W) in [0, 1], imagine the rest.
 
     Writes, per sequence b, ``generation_{start_index + b:03d}.mp4`` with T frames: the real frames on top,
     the model's below (reconstructions of observed frames, then imagined frames marked with a red border and
     "GEN"), and ``generation_{...}.png``, the same as one image (columns = frames). ``observe_frames=0``
-    generates from t = 0. ``deterministic`` sets the model's flag for this call (None: keep it; sampling
-    gives varied futures). Returns the mp4 paths.
+    generates from t = 0. ``deterministic``: posterior and prior means instead of samples (sampling gives varied
+    futures). The model runs in eval mode without gradients (its train mode comes back after). Returns the mp4
+    paths.
     """
     v = torch.as_tensor(video)
     img_hw = tuple(model.img_hw)
@@ -263,12 +265,13 @@ def generate_videos(model: SCALOR, video: Tensor | np.ndarray, out_dir: str | os
     b, t_len = v.shape[:2]
     k = int(observe_frames)
     if not 0 <= k < t_len:
-        raise ConfigError(f"model.observe_frames={observe_frames} leaves nothing to generate in sequences of "
-                          f"{t_len} frames; use 0 <= model.observe_frames < data.seq_len={t_len}.")
+        raise ConfigError(f"observe_frames={observe_frames} leaves nothing to generate in sequences of "
+                          f"{t_len} frames; use 0 <= observe_frames < data.seq_len={t_len}.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with inference_mode(model, deterministic):
-        out = model(v.float().to(_device_of(model)), schedule or inference_schedule(), observe_frames=k)
+    with evaluating(model):
+        out = model(v.float().to(_device_of(model)), schedule or inference_schedule(), observe_frames=k,
+                    deterministic=deterministic)
     real = to_uint8_hwc(v.float())  # (B, T, H, W, 3)
     fake = to_uint8_hwc(out.recon.float().clamp(0, 1))
     scale = _upscale_factor(*img_hw, upscale)
@@ -317,8 +320,9 @@ def model_weights(state_dict: Mapping) -> dict:
 def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu",
                execution: ExecutionOptions | Mapping | None = None) -> SCALOR:
     """Rebuild SCALOR from a Lightning checkpoint: ``hyper_parameters['model']`` (SCALOR kwargs, ``_target_``
-    allowed; options removed since the checkpoint was written are dropped where they were off, and run options
-    that older checkpoints saved there are dropped, see :func:`scalor.model.config.upgrade_saved_config`) and the
+    allowed; options removed since the checkpoint was written are dropped where they were off, and the run and
+    tracking options that older checkpoints saved there are dropped, see
+    :func:`scalor.model.config.upgrade_saved_config`) and the
     ``model.``-prefixed weights of ``state_dict``, run with ``execution`` (the execution group's options; None:
     the defaults). Returns the model in eval mode.
 

@@ -18,7 +18,7 @@ from scalor.model.config import upgrade_saved_config
 from scalor.model.execution import ExecutionOptions
 from scalor.resume import step_seed
 from scalor.schedules import Curriculum, Schedule
-from scalor.tracking import inference_mode
+from scalor.tracking import OnlineTracker, Tracker
 
 TERMS = ("log_like", "kl_what", "kl_where", "kl_depth", "kl_pres", "kl_bg")
 TRACKING_INFERENCE = ("deterministic", "sampled")
@@ -32,17 +32,6 @@ def _build(spec: Mapping | None, default: Callable[..., Any]) -> Any:
     return default(**spec)
 
 
-def check_fit_val_pick_views(model: Mapping, views: Optional[int]) -> None:
-    """Raise ConfigError, naming ``fit_val_pick_views``, where the model config cannot track with that many views
-    (None: the model's own ``pick_views``)."""
-    if views is None:
-        return
-    try:
-        SCALOR.validate_config(**{**dict(model), "pick_views": views})
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("model.pick_views=", "fit_val_pick_views=")) from None
-
-
 class SCALORLitModule(L.LightningModule):
     """Trains SCALOR on batches ``{"video": (B, T, 3, H, W), ["boxes", "ids"]}``.
 
@@ -54,13 +43,16 @@ class SCALORLitModule(L.LightningModule):
     reseeds torch's generator before every training step (exact resume, see scalor/resume.py). train_seq_len: train
     on random windows of this many frames of each batch (validation and test see whole sequences); None: whole
     ones. tracking_inference: how validation and test infer the tracks that the tracking and counting metrics
-    score: ``deterministic`` (posterior means and u = 0.5 presence, as ``task=track`` tracks; one more, track-only
-    pass) or ``sampled`` (the posterior sample that the ELBO of the same pass uses). experiment: the run's name,
-    kept in the checkpoint so that ``task=track`` names its run folder after it. data: the training data's config,
-    kept so that ``task=track`` fits footage to the model as it was trained (e.g. tiles at a scale). execution:
-    how the model is run (the execution group: :class:`scalor.model.execution.ExecutionOptions`, a mapping or an
-    instance; None: the defaults), applied to the built model and not saved in the checkpoint (older checkpoints'
-    run options in the model config are dropped).
+    score: ``deterministic`` (the tracks of ``tracker``, on posterior means as ``task=track`` tracks; passes of
+    their own) or ``sampled`` (the posterior sample that the ELBO of the same pass uses). tracker: how tracks are
+    reported (:mod:`scalor.tracking.trackers`; None: :class:`~scalor.tracking.OnlineTracker`); fit_val_tracker:
+    the one of the validations inside ``fit`` (None: ``tracker``). nll_samples: importance samples of the test's
+    NLL estimate ``test/nll`` (1: none). experiment: the run's name, kept in the checkpoint so that ``task=track``
+    names its run folder after it. data: the training data's config, kept so that ``task=track`` fits footage to
+    the model as it was trained (e.g. tiles at a scale). execution: how the model is run (the execution group:
+    :class:`scalor.model.execution.ExecutionOptions`, a mapping or an instance; None: the defaults), applied to the
+    built model and not saved in the checkpoint (older checkpoints' run options in the model config are dropped);
+    nor are the trackers.
 
     Loss: the batch mean of the negative ELBO per frame (docs/model.md §4.8). Logged per step: ``train/*`` loss
     and KL terms, object counts and ``schedule/*``; per epoch: ``val/*`` and ``test/*`` terms and, where the
@@ -74,12 +66,14 @@ class SCALORLitModule(L.LightningModule):
                  optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
                  scheduler: Optional[Callable[..., Any]] = None, scheduler_interval: str = "step",
                  seed: int = 0, train_seq_len: Optional[int] = None,
-                 tracking_inference: str = "deterministic", fit_val_pick_views: Optional[int] = None,
+                 tracking_inference: str = "deterministic", tracker: Optional[Tracker] = None,
+                 fit_val_tracker: Optional[Tracker] = None, nll_samples: int = 1,
                  experiment: Optional[str] = None, data: Optional[Mapping] = None,
                  execution: Optional[Mapping | ExecutionOptions] = None) -> None:
         super().__init__()
         model = upgrade_saved_config(model or {})  # an older checkpoint's hparams (load_from_checkpoint): upgraded
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "execution"], logger=False)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "execution", "tracker", "fit_val_tracker"],
+                                  logger=False)
         self.execution = ExecutionOptions.from_config(execution)
         self.model: SCALOR = self.execution.apply(_build(model, SCALOR))
         self.curriculum: Curriculum = _build(curriculum, Curriculum)
@@ -91,8 +85,15 @@ class SCALORLitModule(L.LightningModule):
         if tracking_inference not in TRACKING_INFERENCE:
             raise ValueError(f"tracking_inference={tracking_inference} is unknown; use one of {TRACKING_INFERENCE}.")
         self.tracking_inference = tracking_inference
-        check_fit_val_pick_views(model or {}, fit_val_pick_views)
-        self.fit_val_pick_views = fit_val_pick_views
+        for name, value in (("tracker", tracker), ("fit_val_tracker", fit_val_tracker)):
+            if value is not None and not isinstance(value, Tracker):
+                raise ConfigError(f"{name} must be a tracker (scalor.tracking: OnlineTracker, BackfillTracker, "
+                                  f"PickTracker), not a {type(value).__name__}.")
+        self.tracker: Tracker = tracker or OnlineTracker()
+        self.fit_val_tracker: Optional[Tracker] = fit_val_tracker
+        if isinstance(nll_samples, bool) or not isinstance(nll_samples, int) or nll_samples < 1:
+            raise ConfigError(f"nll_samples={nll_samples!r} must be a whole number >= 1 (1: no NLL estimate).")
+        self.nll_samples = nll_samples
         self.mot = torch.nn.ModuleDict({"val": MOTMetrics(), "test": MOTMetrics()})
         self.counting = torch.nn.ModuleDict({"val": CountingMetrics(), "test": CountingMetrics()})
         self.errors = ErrorBreakdown()  # test only
@@ -147,18 +148,15 @@ class SCALORLitModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         out = self._evaluate("test", batch)
-        samples = int(getattr(self.model, "nll_samples", 1))
-        if samples > 1:  # importance-weighted NLL (docs/model.md §4.10), nats per sequence
-            nll = self.model.importance_nll(batch["video"], self.schedule(), samples=samples)
+        if self.nll_samples > 1:  # importance-weighted NLL (docs/model.md §4.10), nats per sequence
+            nll = self.model.importance_nll(batch["video"], self.schedule(), samples=self.nll_samples)
             self.log("test/nll", nll.mean(), on_epoch=True, sync_dist=True, batch_size=out.log_like.shape[0])
 
     def _evaluate(self, stage: str, batch: dict) -> SequenceOutput:
         out = self.model(batch["video"], self.schedule())
         self._log_terms(stage, out, out.neg_elbo.mean(), on_step=False, on_epoch=True)
         if "boxes" in batch and "ids" in batch:
-            # a second pass only where the first one sampled
-            second = self.tracking_inference == "deterministic" and not self.model.deterministic
-            tracks = self.track(batch["video"]) if second else out
+            tracks = self.track(batch["video"]) if self.tracking_inference == "deterministic" else out
             pred_ids = torch.where(tracks.presence > PRESENCE_THRESHOLD, tracks.ids, -1)
             self.mot[stage].update(tracks.boxes, pred_ids, batch["boxes"], batch["ids"])
             self.counting[stage].update((pred_ids >= 0).sum(-1), (batch["ids"] >= 0).sum(-1))
@@ -169,11 +167,10 @@ class SCALORLitModule(L.LightningModule):
         return out
 
     def track(self, video: Tensor) -> SequenceOutput:
-        """Tracks of video (B,T,3,H,W) as ``task=track`` infers them: posterior means, track-only (boxes, IDs,
-        presence; no compositing, background or likelihood). The model's own flags come back after."""
-        views = self.fit_val_pick_views if self._fitting else None
-        with inference_mode(self.model, deterministic=True, pick_views=views):
-            return self.model(video, self.schedule(), track_only=True)
+        """Tracks of video (B,T,3,H,W) by the tracker (inside ``fit``: ``fit_val_tracker`` where set), on posterior
+        means in eval mode; boxes (B,T,N,4), ids and presence (B,T,N), counts (B,T)."""
+        tracker = self.fit_val_tracker if self._fitting and self.fit_val_tracker is not None else self.tracker
+        return tracker(self.model, video, self.schedule())
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

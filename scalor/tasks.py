@@ -32,22 +32,19 @@ from scalor.callbacks.wandb_run import WandbRun, wandb_logger_args, watch_args
 from scalor.console import quiet_console
 from scalor.errors import ConfigError, ScalorError
 from scalor.launch import monitor_choice, read_checkpoint, use_job_command_for_ddp_workers
-from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule, check_fit_val_pick_views
+from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule
 from scalor.model import SCALOR
-from scalor.model.config import upgrade_saved_config
+from scalor.model.config import MOVED_OUT_OF_MODEL, moved_out_of_model, upgrade_saved_config
 from scalor.model.execution import ExecutionOptions
 from scalor.resume import resumable_train_loader
 from scalor.schedules import Curriculum
 from scalor.summary import write_summary
+from scalor.tracking import Tracker
 from scalor.typecheck import check_types
 
 TASKS = ("fit", "test", "track", "generate")
 # Set by Lightning's DDP launcher in the process that starts the workers (restored after each job).
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-# Model keys that only change how a trained network is run, not its weights (the speed and memory options and
-# skip_glimpse_below are not model keys: the execution group, scalor/model/execution.py).
-RUNTIME_MODEL_KEYS = ("observe_frames", "nll_samples", "deterministic", "backfill", "backfill_copy_iou",
-                      "pick_direction", "pick_views")
 # Where each model key is set from (for error messages).
 MODEL_KEY_SOURCE = {"img_size": "data.img_size", "num_cell_h": "grid.num_cell_h", "num_cell_w": "grid.num_cell_w"}
 
@@ -120,12 +117,13 @@ def test(cfg: DictConfig) -> Optional[float]:
 
 def track(cfg: DictConfig) -> dict:
     """Stream ``data.path`` (a video file or a folder of frames) through the checkpoint's model, ``data.seq_len``
-    frames at a time with the state carried over, and write ``tracks.txt`` (MOTChallenge) and ``tracks.mp4``
-    into the run folder, in the footage's own pixels and frame numbers. The model (image size, grid ...) is the
-    checkpoint's: each frame is fitted to its input (``data.resize``, ``data.crop_size``; ``resize=tiles``: the
-    whole frame by overlapping tiles at ``data.scale``) and its boxes mapped back. How frames are fitted is the
-    checkpoint's training data's where the command line does not say; a ``data.img_size`` on the command line other
-    than the checkpoint's is a ConfigError. Returns the tracking stats."""
+    frames at a time with the state carried over, by the streaming counterpart of ``tracker`` (``tracker=pick``
+    streams with backfill), and write ``tracks.txt`` (MOTChallenge) and ``tracks.mp4`` into the run folder, in
+    the footage's own pixels and frame numbers. The model (image size, grid ...) is the checkpoint's: each frame
+    is fitted to its input (``data.resize``, ``data.crop_size``; ``resize=tiles``: the whole frame by
+    overlapping tiles at ``data.scale``) and its boxes mapped back. How frames are fitted is the checkpoint's
+    training data's where the command line does not say; a ``data.img_size`` on the command line other than the
+    checkpoint's is a ConfigError. Returns the tracking stats."""
     ckpt_path = check_config(cfg)
     start = time.monotonic()
     from scalor.datamodules.video import FrameFit, TileFit, footage_frames, video_fps
@@ -139,9 +137,6 @@ def track(cfg: DictConfig) -> dict:
         raise ConfigError(f"data.img_size={data.img_size} is set on the command line but task=track runs the "
                           f"checkpoint's model at its own {size} px input (tracks come out in the footage's pixels "
                           f"whatever that size); drop data.img_size or set data.img_size={size}.")
-    if cfg.model.get("backfill"):  # the checkpoint's setting, or switched on for this run
-        model.backfill = True
-        model.backfill_copy_iou = float(cfg.model.get("backfill_copy_iou", model.backfill_copy_iou))
     fitting = footage_fitting(cfg, (_load_checkpoint(ckpt_path).get("hyper_parameters") or {}).get("data"))
     skip = int(data.get("frame_skip", 1))
     if fitting["resize"] == "tiles":
@@ -150,7 +145,8 @@ def track(cfg: DictConfig) -> dict:
         fit = FrameFit(size, fitting["resize"], fitting["crop_size"], skip)
     stats = track_video(model, footage_frames(data.path, fit.frame_skip), cfg.paths.output_dir,
                         window=int(data.seq_len), fps=video_fps(data.path) / fit.frame_skip, device=device,
-                        schedule=inference_schedule(instantiate(cfg.curriculum)), fit=fit)
+                        schedule=inference_schedule(instantiate(cfg.curriculum)), fit=fit,
+                        tracker=build_tracker(cfg))
     h, w = stats["footage_hw"]
     scores = {}
     if cfg.get("groundtruth"):
@@ -202,7 +198,7 @@ def command_line_sets(key: str) -> bool:
 
 
 def generate(cfg: DictConfig) -> list[Path]:
-    """Conditional generation: infer the first ``model.observe_frames`` frames of a few test sequences and
+    """Conditional generation: infer the first ``observe_frames`` frames of a few test sequences and
     imagine the rest; writes ``media/generation_<i>.mp4`` and ``.png`` (real frames above generated ones)."""
     ckpt_path = check_config(cfg)
     start = time.monotonic()
@@ -215,7 +211,7 @@ def generate(cfg: DictConfig) -> list[Path]:
     datamodule.prepare_data()
     datamodule.setup("test")
     video = next(iter(datamodule.test_dataloader()))["video"][:4]
-    k = int(cfg.model.observe_frames)
+    k = int(cfg.observe_frames)
     paths = generate_videos(model, video, cfg.paths.media_dir, k,
                             schedule=inference_schedule(instantiate(cfg.curriculum)))
     print_summary(cfg, None, "generate", time.monotonic() - start,
@@ -229,7 +225,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
 
     Raises ConfigError (one sentence: the key, the bad value, the fix) for unresolvable interpolations,
     impossible model settings, hardware the run cannot have, a missing or mismatched checkpoint, and
-    cross-group conflicts (e.g. model.observe_frames >= data.seq_len for task=generate).
+    cross-group conflicts (e.g. observe_frames >= data.seq_len for task=generate).
     """
     resolved = _resolve(cfg)
     task = resolved.get("task")
@@ -237,12 +233,20 @@ def check_config(cfg: DictConfig) -> Optional[str]:
         raise ConfigError(f"task={task} is unknown; use task=fit, task=test, task=track or task=generate.")
     check_types(resolved)
     model = {k: v for k, v in resolved["model"].items() if k != "_target_"}
+    moved = [key for key in model if key in MOVED_OUT_OF_MODEL]
+    if moved:  # an experiment file of before the tracker group
+        raise ConfigError(moved_out_of_model(moved[0], model[moved[0]]))
     SCALOR.validate_config(**model)
     ExecutionOptions.from_config(resolved.get("execution"))  # ConfigError for impossible run options
     data = resolved["data"]
-    if task == "generate" and not 0 <= int(model.get("observe_frames", 0)) < int(data["seq_len"]):
-        raise ConfigError(f"model.observe_frames={model.get('observe_frames')} leaves nothing to generate in "
-                          f"data.seq_len={data['seq_len']} frames; use 0 <= model.observe_frames < {data['seq_len']}.")
+    observe = resolved.get("observe_frames")
+    if task == "generate" and not (isinstance(observe, int) and not isinstance(observe, bool)
+                                   and 0 <= observe < int(data["seq_len"])):
+        raise ConfigError(f"observe_frames={observe} leaves nothing to generate in data.seq_len={data['seq_len']} "
+                          f"frames; use 0 <= observe_frames < {data['seq_len']}.")
+    samples = resolved.get("nll_samples")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"nll_samples={samples} must be a whole number >= 1 (1: no NLL estimate; e.g. 5).")
     if task == "track" and not data.get("path"):
         raise ConfigError("task=track streams a video: pass data=video data.path=/path/to/clip.mp4 (or a folder "
                           "of frames).")
@@ -257,7 +261,9 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     if resolved.get("tracking_inference", "deterministic") not in TRACKING_INFERENCE:
         raise ConfigError(f"tracking_inference={resolved.get('tracking_inference')} is unknown; use deterministic "
                           "(posterior means, as task=track) or sampled (the ELBO's posterior sample).")
-    check_fit_val_pick_views(model, resolved.get("fit_val_pick_views"))
+    for key in ("tracker", "fit_val_tracker"):
+        if resolved.get(key) is not None:
+            build_tracker(cfg, key)
     _check_curriculum(resolved.get("curriculum") or {})
     _check_trainer(resolved["trainer"])
     _check_monitor(resolved.get("monitor") or {})
@@ -280,7 +286,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
         # the image size must agree; track resizes the video to the checkpoint's image size.
         keys = {"fit": sorted(set(saved) | set(resolved["model"])), "generate": ["img_size"], "track": []}
         for key in keys.get(task, keys["fit"]):
-            if key in RUNTIME_MODEL_KEYS or saved.get(key) == resolved["model"].get(key):
+            if saved.get(key) == resolved["model"].get(key):
                 continue
             source = MODEL_KEY_SOURCE.get(key, f"model.{key}")
             raise ConfigError(f"ckpt_path={ckpt_path} was trained with {source}={saved.get(key)} but this config "
@@ -442,6 +448,33 @@ def execution_options(cfg: DictConfig) -> ExecutionOptions:
     return ExecutionOptions.from_config(None if node is None else OmegaConf.to_container(node, resolve=True))
 
 
+def build_tracker(cfg: DictConfig, key: str = "tracker") -> Optional[Tracker]:
+    """The tracker of ``cfg.<key>`` (``tracker`` or ``fit_val_tracker``; conf/tracker), None where it is null.
+    ConfigError (naming ``<key>.<option>``) for options its tracker does not take or cannot run."""
+    node = cfg.get(key)
+    if node is None:
+        return None
+    spec = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    target = spec.get("_target_") if isinstance(spec, Mapping) else None
+    try:
+        cls = hydra.utils.get_class(str(target))
+    except Exception:  # noqa: BLE001 - not a class path: said below
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, Tracker)):
+        raise ConfigError(f"{key} must be a tracker: tracker=online, backfill, pick or pick8 (a node with _target_ "
+                          f"scalor.tracking.OnlineTracker, BackfillTracker or PickTracker), not {target}.")
+    options = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else None
+    unknown = sorted(k for k in spec if not k.startswith("_") and options is not None and k not in options)
+    if unknown:
+        takes = f"it takes {', '.join(sorted(options))}" if options else "it takes no options"
+        raise ConfigError(f"{key}.{unknown[0]} is not an option of {cls.__name__} ({takes}); drop it "
+                          f"(~{key}.{unknown[0]}).")
+    try:
+        return instantiate(spec)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("tracker.", f"{key}.", 1)) from None
+
+
 def build_module(cfg: DictConfig) -> SCALORLitModule:
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return SCALORLitModule(
@@ -449,8 +482,9 @@ def build_module(cfg: DictConfig) -> SCALORLitModule:
         curriculum=OmegaConf.to_container(cfg.curriculum, resolve=True),
         optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
         scheduler_interval=cfg.scheduler_interval, seed=cfg.seed, train_seq_len=cfg.get("train_seq_len"),
-        tracking_inference=cfg.get("tracking_inference", "deterministic"),
-        fit_val_pick_views=cfg.get("fit_val_pick_views"), experiment=str(cfg.name),
+        tracking_inference=cfg.get("tracking_inference", "deterministic"), tracker=build_tracker(cfg),
+        fit_val_tracker=build_tracker(cfg, "fit_val_tracker"), nll_samples=cfg.nll_samples,
+        experiment=str(cfg.name),
         data=OmegaConf.to_container(cfg.data, resolve=True), execution=execution_options(cfg),
     )
 

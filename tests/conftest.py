@@ -32,6 +32,10 @@ TINY_DATA = {"num_train": 8, "num_val": 2, "num_test": 2}
 OLD_OFF = {"reverse_init": False, "inference_duplicate_min_iou": None, "train_skip_glimpse_below": 0.0,
            "track_duplicate_iou": 0.0, "reject_min_iou": 0.0, "duplicate_ratio_threshold": None,
            "duplicate_copy_iou": 0.0}
+# Tracking, test and generation options as checkpoints written before the tracker group saved them in the model
+# config (dsprites_easy's values; any values: they never changed the weights).
+OLD_TRACKING = {"backfill": True, "backfill_copy_iou": 0.7, "pick_direction": True, "pick_views": 8,
+                "deterministic": False, "nll_samples": 1, "observe_frames": 5}
 # Run options as checkpoints written before the execution group saved them in the model config (any values: they
 # never changed the weights).
 OLD_EXECUTION = {"checkpoint_decoder": True, "checkpoint_encoder": "auto", "channels_last": False,

@@ -1,11 +1,13 @@
-"""Backfill (offline tracking): track tables and the backward extension of tracks that start late."""
+"""Backfill (offline tracking): track tables, the backward extension of tracks that start late, and the
+BackfillTracker that runs it."""
 
 from dataclasses import replace
 
 import torch
 
 from scalor.model import SCALOR, Schedule
-from scalor.model.backfill import TrackTable, backfill, box_iou
+from scalor.tracking import BackfillTracker
+from scalor.tracking.backfill import TrackTable, backfill, box_iou
 
 
 def box(x, y, s=0.1):
@@ -109,19 +111,19 @@ def test_batched_sequences_are_independent():
     assert ext[0, 1].tolist() == [True, True, False, False] and ext[1, 0].tolist() == [True, False, False, False]
 
 
-def test_model_backfill_keeps_the_forward_tracks_and_adds_only_earlier_boxes():
-    """model.backfill: every forward track is reported with the same ID and box from its first frame on;
-    what is added lies before a track's first frame, with a box of the backward pass in that frame; the carry
-    is the forward pass's."""
+def test_backfill_tracker_keeps_the_forward_tracks_and_adds_only_earlier_boxes():
+    """BackfillTracker: every forward track is reported with the same ID and box from its first frame on; what is
+    added lies before a track's first frame, with a box of the backward pass in that frame; the carry is the
+    forward pass's; the model is left as it was (train mode, no gradients recorded)."""
     torch.manual_seed(0)
-    m = SCALOR(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=8, deterministic=True)
-    m.eval()
+    m = SCALOR(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=8)
     video = torch.rand(2, 6, 3, 64, 64)
+    out = BackfillTracker()(m, video, Schedule())
+    assert m.training and not out.boxes.requires_grad
+    m.eval()
     with torch.no_grad():
-        plain = m(video, Schedule(), track_only=True)
-        back = m(video.flip(1), Schedule(), track_only=True)
-        m.backfill = True
-        out = m(video, Schedule(), track_only=True)
+        plain = m(video, Schedule(), track_only=True, deterministic=True)
+        back = m(video.flip(1), Schedule(), track_only=True, deterministic=True)
     fwd = TrackTable.from_slots(plain.boxes, plain.ids, plain.presence)
     new = TrackTable.from_slots(out.boxes, out.ids, out.presence)
     bwd = TrackTable.from_slots(back.boxes, back.ids, back.presence).flip()
@@ -137,33 +139,42 @@ def test_model_backfill_keeps_the_forward_tracks_and_adds_only_earlier_boxes():
         assert bool((box_iou(new.boxes[bi, r, ti], bwd.boxes[bi, :, ti]) > 0.999).any())
     assert torch.equal(out.counts, plain.counts + added.sum(1))
     assert torch.equal(out.carry.next_id, plain.carry.next_id)
-    elbo = m(video, Schedule())  # the ELBO pass is untouched by the option
-    assert elbo.recon.shape[1] == 6
+    # the old model.backfill result, computed from its parts: the forward tracks backfilled from the reversed pass
+    table, extended = backfill(fwd, bwd, copy_iou=0.7)
+    boxes, ids, presence = table.to_slots()
+    assert torch.equal(out.boxes, boxes) and torch.equal(out.ids, ids) and torch.equal(out.presence, presence)
+    assert torch.equal(out.counts, plain.counts + extended.sum(1))
 
 
-def test_model_backfill_wiring_extends_a_late_track_with_the_reversed_pass(monkeypatch):
+def test_backfill_tracker_extends_a_late_track_with_the_reversed_pass(monkeypatch):
     """With the two passes prescribed (the second one over the reversed frames, its slots in reversed time), the
-    model reports the late track from frame 0 with the backward boxes, under its forward ID, and counts it."""
+    tracker reports the late track from frame 0 with the backward boxes, under its forward ID, and counts it;
+    copy_iou reaches backfill."""
     torch.manual_seed(0)
-    m = SCALOR(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=8, deterministic=True)
-    m.eval()
+    m = SCALOR(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=8)
     video = torch.rand(1, 5, 3, 64, 64)
     fwd = table([{t: box(0.1, 0.1) for t in range(5)}, {t: box(0.5, 0.5) for t in (3, 4)}], 5, ids=[1, 2])
-    bwd = table([{t: box(0.5 - 0.02 * (4 - t), 0.5) for t in range(5)}], 5, ids=[7])
-    real_run = m._run
+    # the backward track runs onto track 1 at frames 0-1 (box IoU 0.82 with it)
+    bwd = table([{**{t: box(0.5 - 0.02 * (4 - t), 0.5) for t in range(2, 5)}, 0: box(0.11, 0.1), 1: box(0.11, 0.1)}],
+                5, ids=[7])
+    real = m.forward
+    calls = []
 
-    def run(v, schedule, carry=None, *args, **kwargs):
-        out = real_run(v, schedule, carry, *args, **kwargs)
+    def forward(v, schedule, carry=None, **kwargs):
+        calls.append(kwargs)
+        out = real(v, schedule, carry, **kwargs)
         tab = bwd.flip() if torch.equal(v, video.flip(1)) else fwd
         boxes, ids, pres = tab.to_slots()
         return replace(out, boxes=boxes, ids=ids, presence=pres, counts=(ids >= 0).sum(-1))
 
-    monkeypatch.setattr(m, "_run", run)
-    m.backfill = True
-    with torch.no_grad():
-        out = m(video, Schedule(), track_only=True)
-    assert out.counts.tolist() == [[2, 2, 2, 2, 2]]
+    monkeypatch.setattr(m, "forward", forward)
+    out = BackfillTracker()(m, video, Schedule())
+    assert calls == [dict(track_only=True, deterministic=True)] * 2
+    assert out.counts.tolist() == [[1, 1, 2, 2, 2]]  # extended back to frame 2, where the copy starts
     late = out.ids == 2
-    assert late.sum(-1).tolist() == [[1, 1, 1, 1, 1]]
-    torch.testing.assert_close(out.boxes[late][:3], bwd.boxes[0, 0, :3])
-    torch.testing.assert_close(out.boxes[late][3:], fwd.boxes[0, 1, 3:])
+    assert late.sum(-1).tolist() == [[0, 0, 1, 1, 1]]
+    torch.testing.assert_close(out.boxes[late][:1], bwd.boxes[0, 0, 2:3])
+    torch.testing.assert_close(out.boxes[late][1:], fwd.boxes[0, 1, 3:])
+    loose = BackfillTracker(copy_iou=0.9)(m, video, Schedule())  # IoU 0.82 is no copy then: back to frame 0
+    assert loose.counts.tolist() == [[2, 2, 2, 2, 2]]
+    torch.testing.assert_close(loose.boxes[loose.ids == 2][:2], bwd.boxes[0, 0, :2])

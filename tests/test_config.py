@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, OLD_EXECUTION, OLD_OFF, ROOT, experiments
+from conftest import CONF, OLD_EXECUTION, OLD_OFF, OLD_TRACKING, ROOT, experiments
 from scalor.errors import ConfigError
 from scalor.inference import inference_schedule
 from scalor.schedules import Curriculum
@@ -44,8 +44,11 @@ def test_default_is_the_quick_experiment_with_the_reference_optimiser_defaults(c
         assert tuned.model.sigma == 0.15 and tuned.model.reject_duplicates and tuned.model.no_background, name
     easy = compose_cfg("experiment=dsprites_easy", tiny=False)  # training rejects duplicates until step 600 only
     assert easy.curriculum.reject_duplicates_until == 600 and easy.curriculum.remove_detach_step == 600
-    assert easy.model.backfill and easy.model.pick_direction  # offline tracks: backfilled, the better direction
-    assert easy.model.pick_views == 8 and easy.fit_val_pick_views == 1  # ... of 8 views; fit: validation of one
+    # offline tracks: backfilled, the better direction of 8 views; inside the fit, validation of one view
+    assert dict(easy.tracker) == {"_target_": "scalor.tracking.PickTracker", "views": 8, "backfill": True,
+                                  "copy_iou": 0.7}
+    assert dict(easy.fit_val_tracker) == {**easy.tracker, "views": 1}
+    assert easy.observe_frames == 5 and cfg.observe_frames == 3 and cfg.nll_samples == 1
 
 
 def test_footage_without_an_experiment_takes_the_video_defaults_and_its_name(compose_cfg, tmp_path):
@@ -60,7 +63,7 @@ def test_footage_without_an_experiment_takes_the_video_defaults_and_its_name(com
 
 
 def test_track_of_a_checkpoint_file_is_named_after_its_experiment(compose_cfg, tmp_path):
-    run(compose_cfg("experiment=dsprites_easy", "trainer.max_steps=1", "model.pick_views=1"))
+    run(compose_cfg("experiment=dsprites_easy", "trainer.max_steps=1", "tracker=pick"))
     ckpt = find_last_checkpoint(tmp_path / "outputs", "dsprites_easy")
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["experiment"] == "dsprites_easy"
     cfg = compose_cfg("task=track", f"ckpt_path={ckpt}", "data=video", f"data.path={tmp_path / 'clip.mp4'}")
@@ -204,7 +207,8 @@ def test_find_last_checkpoint_picks_the_newest(tmp_path):
 BAD = [
     (["model.glimpse_size=20"], "model.glimpse_size=20"),
     (["grid=16x16", "data.img_size=16"], "data.img_size=16"),
-    (["task=generate", "model.observe_frames=9"], "model.observe_frames=9 leaves nothing to generate"),
+    (["task=generate", "observe_frames=9"], "observe_frames=9 leaves nothing to generate"),
+    (["nll_samples=0"], "nll_samples=0 must be a whole number >= 1"),
     (["task=test"], "task=test needs a trained model"),
     (["task=track"], "task=track streams a video"),
     (["task=bogus"], "task=bogus is unknown"),
@@ -217,13 +221,15 @@ BAD = [
     (["data.batch_size=0"], "data.batch_size=0"),
     (["train_seq_len=0"], "train_seq_len=0 must be a number of frames"),
     (["model.box_source=corners"], "model.box_source=corners is unknown"),
-    (["model.backfill=1"], "model.backfill=1 has the wrong type: SCALOR's backfill takes true or false"),
-    (["model.pick_direction=1"], "model.pick_direction=1 has the wrong type: SCALOR's pick_direction takes true"),
-    (["model.pick_views=3", "model.pick_direction=true"], "model.pick_views=3 must be one of 1, 2, 4, 8"),
-    (["model.pick_views=4"], "model.pick_views=4 needs model.pick_direction=true"),
+    (["tracker=pick", "tracker.backfill=1"], "tracker.backfill=1 has the wrong type: PickTracker's backfill takes true"),
+    (["tracker=pick", "tracker.views=3"], "tracker.views=3 must be one of 1, 2, 4, 8"),
+    (["tracker=pick", "tracker@fit_val_tracker=pick", "fit_val_tracker.views=5"],
+     "fit_val_tracker.views=5 must be one of 1, 2, 4, 8"),
+    (["tracker=backfill", "tracker.copy_iou=0"], "tracker.copy_iou=0 must be in (0, 1]"),
+    (["experiment=dsprites_easy", "tracker=online", "+tracker.views=8"],
+     "tracker.views is not an option of OnlineTracker (it takes no options); drop it (~tracker.views)"),
     (["execution.fixed_slots=always"], "execution.fixed_slots='always' must be true, false or auto"),
     (["execution.skip_glimpse_below=2"], "execution.skip_glimpse_below=2 must be a presence in [0, 1]"),
-    (["model.backfill_copy_iou=0"], "model.backfill_copy_iou=0 must be in (0, 1]"),
     (["tracking_inference=greedy"], "tracking_inference=greedy is unknown"),
     (["curriculum.sigma_start=0.15"], "curriculum.sigma_start and curriculum.sigma_end go together"),
     (["curriculum.sigma_start=0.15", "curriculum.sigma_end=0"], "sigma_end=0 must be > 0"),
@@ -254,12 +260,12 @@ def test_checkpoint_that_does_not_match_the_config(compose_cfg, tmp_path):
     torch.save({"hyper_parameters": {"model": {**model, "num_cell_h": 8}}}, path)
     with pytest.raises(ConfigError, match="trained with grid.num_cell_h=8 but this config has 4"):
         check_config(compose_cfg(f"ckpt_path={path}"))
-    # keys that only change how a trained network runs may differ, or be missing from older checkpoints
-    older = ("backfill", "backfill_copy_iou", "pick_direction", "pick_views")
-    torch.save({"hyper_parameters": {"model": {k: v for k, v in model.items() if k not in older}}}, path)
-    assert check_config(compose_cfg(f"ckpt_path={path}", "model.backfill=true",
-                                    "model.backfill_copy_iou=0.9")) == str(path)
-    assert check_config(compose_cfg(f"ckpt_path={path}", "model.pick_direction=true", "model.pick_views=8",
+    # how an older checkpoint tracked, tested and generated (saved in its model config then) is not compared
+    torch.save({"hyper_parameters": {"model": {**model, **OLD_TRACKING}}}, path)
+    for task in ("fit", "test"):
+        assert check_config(compose_cfg(f"task={task}", f"ckpt_path={path}", "tracker=backfill",
+                                        "tracker.copy_iou=0.9", "nll_samples=2")) == str(path)
+    assert check_config(compose_cfg(f"ckpt_path={path}", "tracker=pick", "tracker.views=8",
                                     "execution.skip_glimpse_below=0.1")) == str(path)
     # nor do the run options an older checkpoint saved in its model config (the execution group's now)
     torch.save({"hyper_parameters": {"model": {**model, **OLD_EXECUTION}}}, path)
@@ -288,12 +294,13 @@ def test_execution_options_are_applied_and_not_saved_with_the_model(compose_cfg)
 
 def _old_checkpoint(cfg, path) -> None:
     """A checkpoint as `python run.py experiment=...` wrote it before the removed model options went and before
-    the run options moved to the execution group: its saved model config has the removed ones at their defaults
-    (off) and run options; the weights are the module's of ``cfg``."""
+    the run options moved to the execution group and the tracking options to the tracker group: its saved model
+    config has the removed ones at their defaults (off), run options and tracking options (dsprites_easy's);
+    the weights are the module's of ``cfg``."""
     from scalor.tasks import build_module
 
     module = build_module(cfg)
-    hparams = {**module.hparams, "model": {**module.hparams["model"], **OLD_OFF, **OLD_EXECUTION}}
+    hparams = {**module.hparams, "model": {**module.hparams["model"], **OLD_OFF, **OLD_EXECUTION, **OLD_TRACKING}}
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "global_step": 7, "epoch": 0,
                 "pytorch-lightning_version": L.__version__}, path)
 
@@ -305,13 +312,13 @@ def test_test_task_of_a_checkpoint_written_before_options_were_removed(compose_c
     from scalor.lit_module import SCALORLitModule
 
     path = tmp_path / "old.ckpt"
-    _old_checkpoint(compose_cfg("experiment=dsprites_easy", "model.pick_views=1"), path)
+    _old_checkpoint(compose_cfg("experiment=dsprites_easy"), path)
     assert check_config(compose_cfg("experiment=dsprites_easy", f"ckpt_path={path}")) == str(path)  # fit resume
     assert check_config(compose_cfg("experiment=dsprites_easy", "task=track", f"ckpt_path={path}", "data=video",
                                     f"data.path={tmp_path / 'clip.mp4'}")) == str(path)
     module = SCALORLitModule.load_from_checkpoint(path, map_location="cpu")
-    assert not (set(OLD_OFF) | set(OLD_EXECUTION)) & set(module.hparams["model"])
-    metrics = run(compose_cfg("experiment=dsprites_easy", "task=test", f"ckpt_path={path}", "model.pick_views=1"))
+    assert not (set(OLD_OFF) | set(OLD_EXECUTION) | set(OLD_TRACKING)) & set(module.hparams["model"])
+    metrics = run(compose_cfg("experiment=dsprites_easy", "task=test", f"ckpt_path={path}", "tracker=pick"))
     assert metrics is not None and math.isfinite(metrics)
 
 
@@ -329,7 +336,8 @@ def test_checkpoint_trained_with_a_removed_option_switched_on(compose_cfg, tmp_p
 
 CLI_BAD = [["model.glimpse_size=20"], ["task=test"], ["data.batch_size=0"], ["trainer.max_steps=abc"],
            ["data.batch_size=abc"], ["experiment=null"], ["logger=null"], ["model.channels_last=false"],
-           ["model.reverse_init=true"]]
+           ["model.reverse_init=true"], ["model.pick_views=8"], ["tracker=pick", "tracker.views=3"],
+           ["experiment=dsprites_easy", "tracker@fit_val_tracker=null"]]
 if not torch.cuda.is_available():
     CLI_BAD.append(["strategy=ddp"])
 
@@ -345,3 +353,70 @@ def test_cli_config_error_is_one_line_and_exit_2(tmp_path, overrides):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+RETIRED = [("model.backfill=true", "write tracker=backfill (tracker=pick backfills its passes too)"),
+           ("model.backfill_copy_iou=0.8", "write tracker.copy_iou=0.8 (with tracker=backfill or tracker=pick)"),
+           ("model.pick_direction=true", "write tracker=pick"),
+           ("model.pick_views=8", "write tracker=pick tracker.views=8"),
+           ("+model.deterministic=true", "trackers always track on posterior means "
+                                         "(tracking_inference=deterministic); drop it"),
+           ("model.nll_samples=5", "write nll_samples=5"),
+           ("model.observe_frames=3", "write observe_frames=3")]
+
+
+@pytest.mark.parametrize(("override", "fix"), RETIRED, ids=[o for o, _ in RETIRED])
+def test_a_tracking_option_on_the_model_names_its_new_key(override, fix, capsys, monkeypatch):
+    """run.py: model.<key> of an option that moved out of the model is one error line naming the new key, exit 2
+    (before Hydra composes anything); an experiment file that still sets one fails the config check alike."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from run import check_retired_model_keys
+
+    with pytest.raises(SystemExit) as exit_:
+        check_retired_model_keys(["experiment=dsprites_easy", override])
+    key = override.lstrip("+").partition("=")[0]
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (f"error: {key} is no longer a model option (it only chose how a trained model "
+                                       f"is run); {fix}.\n")
+
+
+def test_cli_retired_model_key_exits_2_with_its_new_key(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "run.py", f"paths.output_root={tmp_path / 'out'}", "experiment=dsprites_easy",
+                           "model.pick_views=8"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["error: model.pick_views is no longer a model option (it only chose how a "
+                                        "trained model is run); write tracker=pick tracker.views=8."]
+
+
+def test_an_experiment_file_that_sets_a_tracking_option_on_the_model_fails_the_check(compose_cfg):
+    with pytest.raises(ConfigError) as err:
+        check_config(compose_cfg("+model.backfill=true"))
+    assert str(err.value) == ("model.backfill is no longer a model option (it only chose how a trained model is run); "
+                              "write tracker=backfill (tracker=pick backfills its passes too)")
+
+
+def test_tracker_group_composes_and_instantiates(compose_cfg):
+    """Each option of conf/tracker builds its tracker with the defaults of its class (one source of truth); the
+    validations inside fit take `tracker` unless fit_val_tracker is set."""
+    import dataclasses
+
+    from scalor.tasks import build_module, build_tracker
+    from scalor.tracking import BackfillTracker, OnlineTracker, PickTracker
+
+    expected = {"online": OnlineTracker(), "backfill": BackfillTracker(), "pick": PickTracker(),
+                "pick8": PickTracker(views=8)}
+    assert sorted(p.stem for p in (CONF / "tracker").glob("*.yaml")) == sorted(expected)
+    for name, tracker in expected.items():
+        cfg = compose_cfg(f"tracker={name}")
+        built = build_tracker(cfg)
+        assert built == tracker and type(built) is type(tracker), name
+        defaults = {f.name: f.default for f in dataclasses.fields(type(tracker))}
+        node = {k: v for k, v in cfg.tracker.items() if k != "_target_"}
+        assert node == (defaults if name != "pick8" else {**defaults, "views": 8}), name
+    assert compose_cfg().tracker._target_ == "scalor.tracking.OnlineTracker" and compose_cfg().fit_val_tracker is None
+    module = build_module(compose_cfg("tracker=pick", "tracker.views=2", "tracker@fit_val_tracker=backfill"))
+    assert module.tracker == PickTracker(views=2) and module.fit_val_tracker == BackfillTracker()
+    module = build_module(compose_cfg("fit_val_tracker={_target_:scalor.tracking.PickTracker,views:4}", "nll_samples=3"))
+    assert module.tracker == OnlineTracker() and module.fit_val_tracker == PickTracker(views=4)
+    assert module.nll_samples == 3 and "tracker" not in module.hparams and "fit_val_tracker" not in module.hparams

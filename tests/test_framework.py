@@ -20,6 +20,7 @@ from scalor.errors import ConfigError, ScalorError
 from scalor.model import SCALOR
 from scalor.resume import EpochRandomSampler, ResumableDataLoader, make_resumable, step_seed
 from scalor.tasks import build_module, run
+from scalor.tracking import OnlineTracker, PickTracker
 
 
 def grand_central_frames(folder: Path, n: int = 60) -> Path:
@@ -85,7 +86,7 @@ def test_fit_then_test_and_resume_from_last(compose_cfg, tmp_path, capsys):
 
 def test_generate_and_track_write_videos(compose_cfg, tmp_path):
     run(compose_cfg("trainer.max_steps=1"))
-    cfg = compose_cfg("task=generate", "ckpt_path=last", "model.observe_frames=1", run="gen")
+    cfg = compose_cfg("task=generate", "ckpt_path=last", "observe_frames=1", run="gen")
     paths = run(cfg)
     assert len(paths) == 2 and all(p.stat().st_size > 0 and p.with_suffix(".png").is_file() for p in paths)
     frames = grand_central_frames(tmp_path / "clip", n=7)
@@ -229,26 +230,34 @@ def test_tracking_metrics_score_the_configured_inference(compose_cfg, mode):
         again = module.model(video, module.schedule())  # the ELBO's pass is the sampled one either way
         det = module.track(video)
     assert torch.allclose(out.neg_elbo, again.neg_elbo)
-    assert not module.model.deterministic  # the flag comes back after the tracking pass
+    assert isinstance(module.tracker, OnlineTracker) and not module.model.training  # eval mode comes back
+    with torch.no_grad():
+        online = module.model(video, module.schedule(), track_only=True, deterministic=True)
+    assert torch.equal(det.boxes, online.boxes) and torch.equal(det.ids, online.ids)
     expected = det if mode == "deterministic" else out
     boxes, ids = seen[0]
     assert torch.equal(boxes, expected.boxes)
     assert torch.equal(ids, torch.where(expected.presence > 0.5, expected.ids, -1))
 
 
-def test_fit_validation_views_apply_inside_fit_only(compose_cfg, monkeypatch):
-    """fit_val_pick_views sets the model's pick_views for the validations of task=fit; the test after the fit and
-    trainer.validate track with the model's own, which comes back after each validation batch."""
+def test_fit_validation_tracker_applies_inside_fit_only(compose_cfg, monkeypatch):
+    """fit_val_tracker tracks the validations of task=fit; the test after the fit tracks with `tracker`."""
     seen = []
-    real = SCALOR.track_picked
-    monkeypatch.setattr(SCALOR, "track_picked", lambda self, *a: seen.append(self.pick_views) or real(self, *a))
+    real = PickTracker.track
+    monkeypatch.setattr(PickTracker, "track", lambda self, *a: seen.append(self.views) or real(self, *a))
     cfg = compose_cfg("trainer.max_steps=1", "trainer.val_check_interval=1", "trainer.check_val_every_n_epoch=null",
-                      "model.pick_direction=true", "model.pick_views=2",
-                      "fit_val_pick_views=1", "test_after_fit=true", "model.max_num_obj=4")
+                      "tracker=pick", "tracker.views=2", "tracker@fit_val_tracker=pick", "fit_val_tracker.views=1",
+                      "test_after_fit=true", "model.max_num_obj=4")
     run(cfg)
     assert seen == [1, 2]  # one validation batch in the fit, one test batch (2 sequences each)
-    with pytest.raises(ConfigError, match="fit_val_pick_views=4 needs model.pick_direction=true"):
-        run(compose_cfg("fit_val_pick_views=4"))
+    seen.clear()
+    run(compose_cfg("trainer.max_steps=1", "trainer.val_check_interval=1", "trainer.check_val_every_n_epoch=null",
+                    "tracker=pick", "tracker.views=2", "test_after_fit=true", "model.max_num_obj=4", run="same"))
+    assert seen == [2, 2]  # fit_val_tracker null: the validation tracks with `tracker`
+    with pytest.raises(ConfigError, match="fit_val_tracker.views=3 must be one of 1, 2, 4, 8"):
+        run(compose_cfg("tracker@fit_val_tracker=pick", "fit_val_tracker.views=3"))
+    with pytest.raises(ConfigError, match="fit_val_tracker must be a tracker"):
+        run(compose_cfg("fit_val_tracker={_target_:scalor.model.SCALOR}"))
 
 
 def test_wandb_offline_run_is_finished(compose_cfg, tmp_path):

@@ -17,8 +17,9 @@ from conftest import OLD_EXECUTION, OLD_OFF, read_video
 from scalor.errors import ConfigError, DataError, ScalorError
 from scalor.inference import generate_videos, load_model, track_video
 from scalor.model import SCALOR
-from scalor.model.config import MOVED_TO_EXECUTION, REMOVED_OPTIONS, upgrade_saved_config
+from scalor.model.config import MOVED_OUT_OF_MODEL, MOVED_TO_EXECUTION, REMOVED_OPTIONS, upgrade_saved_config
 from scalor.model.execution import ExecutionOptions
+from scalor.tracking import BackfillTracker
 
 torch.set_num_threads(1)
 
@@ -61,7 +62,7 @@ def test_track_video_writes_mot_and_video_with_persistent_ids(tmp_path):
     model = tiny_model()
     model.train()
     summary = track_video(model, squares(12), tmp_path, window=5, fps=8)
-    assert model.training and not model.deterministic  # settings restored
+    assert model.training  # train mode restored
 
     rows = parse_mot(tmp_path / "tracks.txt")
     assert rows and summary["detections"] == len(rows) and summary["frames"] == 12
@@ -96,12 +97,11 @@ def test_track_video_matches_one_window_run(tmp_path):
 
 
 def test_track_video_with_backfill_keeps_every_forward_row(tmp_path):
-    """model.backfill in windows: every row of plain tracking is written again (same frame, ID and box); rows it
+    """BackfillTracker in windows: every row of plain tracking is written again (same frame, ID and box); rows it
     adds come before their ID's first frame within its window."""
     model = tiny_model()
     track_video(model, squares(12), tmp_path / "plain", window=5)
-    model.backfill = True
-    summary = track_video(model, squares(12), tmp_path / "backfill", window=5)
+    summary = track_video(model, squares(12), tmp_path / "backfill", window=5, tracker=BackfillTracker())
     plain = {(r[0], r[1]): r[2:6] for r in parse_mot(tmp_path / "plain" / "tracks.txt")}
     filled = {(r[0], r[1]): r[2:6] for r in parse_mot(tmp_path / "backfill" / "tracks.txt")}
     assert plain and set(plain) <= set(filled) and summary["frames"] == 12
@@ -175,10 +175,10 @@ def _checkpoint(model: SCALOR, cfg: dict) -> dict:
 def test_load_model_round_trip(tmp_path):
     model = tiny_model(seed=3)
     ckpt = tmp_path / "m.ckpt"
-    cfg = OmegaConf.create({"_target_": "scalor.model.SCALOR", **TINY, "observe_frames": 2})
+    cfg = OmegaConf.create({"_target_": "scalor.model.SCALOR", **TINY, "z_pres_disc_threshold": 0.6})
     torch.save(_checkpoint(model, cfg), ckpt)
     loaded = load_model(ckpt)
-    assert isinstance(loaded, SCALOR) and not loaded.training and loaded.observe_frames == 2
+    assert isinstance(loaded, SCALOR) and not loaded.training and loaded.z_pres_disc_threshold == 0.6
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
 
@@ -218,9 +218,30 @@ def test_upgrade_saved_config_drops_the_run_options_of_older_checkpoints():
     """checkpoint_*, channels_last, fixed_slots, compile, skip_glimpse_below: the execution group's now; an older
     checkpoint's values are dropped whatever they were (they never changed the weights)."""
     assert set(MOVED_TO_EXECUTION) == set(OLD_EXECUTION) == set(ExecutionOptions.keys())
-    cfg = {"_target_": "scalor.model.SCALOR", **TINY, "backfill": True}
+    cfg = {"_target_": "scalor.model.SCALOR", **TINY, "box_source": "where"}
     assert upgrade_saved_config({**cfg, **OLD_EXECUTION}) == cfg
     assert upgrade_saved_config({**cfg, **OLD_OFF, **OLD_EXECUTION, "compile": True}) == cfg
+
+
+# Tracking, test and generation options as checkpoints written before the tracker group saved them (any values).
+TRACKING_ON = {"backfill": True, "backfill_copy_iou": 0.6, "pick_direction": True, "pick_views": 8,
+               "deterministic": True, "nll_samples": 5, "observe_frames": 3}
+
+
+def test_checkpoint_with_the_old_tracking_options_loads_without_them(tmp_path):
+    """backfill, backfill_copy_iou, pick_direction, pick_views, deterministic, nll_samples, observe_frames: an
+    older checkpoint's values are dropped whatever they were (they never changed the weights); the model has none
+    of them."""
+    assert set(MOVED_OUT_OF_MODEL) == set(TRACKING_ON)
+    cfg = {"_target_": "scalor.model.SCALOR", **TINY, "box_source": "where"}
+    assert upgrade_saved_config({**cfg, **TRACKING_ON, **OLD_OFF}) == cfg
+    model = tiny_model(seed=3)
+    old = tmp_path / "old.ckpt"
+    torch.save(_checkpoint(model, OmegaConf.create({**cfg, **TRACKING_ON})), old)
+    loaded = load_model(old)
+    assert not any(hasattr(loaded, key) for key in TRACKING_ON)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
 
 
 def test_load_model_of_a_checkpoint_with_run_options_applies_the_given_ones(tmp_path):
@@ -242,7 +263,7 @@ def test_load_model_of_a_checkpoint_with_run_options_applies_the_given_ones(tmp_
 
 def test_upgrade_saved_config_drops_removed_options_that_were_off():
     assert REMOVED_OPTIONS == OLD_OFF
-    cfg = {"_target_": "scalor.model.SCALOR", **TINY, "backfill": True}
+    cfg = {"_target_": "scalor.model.SCALOR", **TINY, "box_source": "where"}
     assert upgrade_saved_config({**cfg, **OLD_OFF}) == cfg
     assert upgrade_saved_config({**cfg, "track_duplicate_iou": 0}) == cfg  # an int 0 is off as well
     assert upgrade_saved_config(cfg) == cfg  # a current config passes as it is
@@ -272,9 +293,8 @@ def test_load_model_of_a_checkpoint_with_removed_options(tmp_path):
         assert torch.equal(v, loaded.state_dict()[k])
     video = torch.from_numpy(np.stack(list(squares(4))))[None]
     model.eval()
-    model.deterministic = loaded.deterministic = True
     with torch.no_grad():
-        a, b = model(video, track_only=True), loaded(video, track_only=True)
+        a, b = model(video, track_only=True, deterministic=True), loaded(video, track_only=True, deterministic=True)
     assert torch.equal(a.ids, b.ids) and torch.equal(a.boxes, b.boxes)
     for key, value, shown in OLD_ON:
         on = tmp_path / f"{key}.ckpt"

@@ -93,11 +93,10 @@ def test_easy_experiment_learns_to_track(tmp_path):
     # 0.1 and 5-frame windows: 33 tracks, 178 to -12,981 with the 7-14 px boxes; 19 tracks, 8,728 to -11,168 with
     # the 9-30 px boxes.)
     model = load_model(run_dir / "checkpoints" / "last.ckpt")
-    model.deterministic = True
     found = 0
     with torch.no_grad():
         for b in data.test_dataloader():
-            out = model(b["video"], inference_schedule(curriculum))
+            out = model(b["video"], inference_schedule(curriculum), deterministic=True)
             ids = torch.where(out.presence > 0.5, out.ids, -1)
             found += persistent_tracks(out.boxes.numpy(), ids.numpy(), b["boxes"].numpy(), b["ids"].numpy())
     print(f"test neg-ELBO {float(before):.0f} fresh -> {after:.0f} trained; persistent tracks: {found}")

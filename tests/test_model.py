@@ -249,8 +249,7 @@ def test_reject_duplicates_is_off_by_default_and_thins_out_overlapping_proposals
     assert not off.discovery.reject_duplicates
     counts = []
     for m in (off, on):
-        m.deterministic = True
-        out = m(video, Schedule())
+        out = m(video, Schedule(), deterministic=True)
         assert torch.isfinite(out.neg_elbo).all()
         counts.append(out.counts[:, 0])
     # fresh weights draw a blob in every cell and neighbouring blobs overlap: with the option most cells go
@@ -263,10 +262,9 @@ def test_training_can_stop_rejecting_duplicates_while_inference_keeps_it():
     video, off, on = _two_blobs_without_and_with_duplicate_rejection()
 
     def first_counts(m, training: bool, schedule: Schedule) -> torch.Tensor:
-        m.deterministic = True
         m.train(training)
         with torch.no_grad():
-            return m(video, schedule).counts[:, 0]
+            return m(video, schedule, deterministic=True).counts[:, 0]
 
     late = Schedule(reject_duplicates=False)
     assert (first_counts(on, True, Schedule()) < first_counts(off, True, Schedule())).all()
@@ -360,12 +358,12 @@ def test_bg_alpha_curriculum_removes_the_background():
 
 def test_scheduled_sigma_is_the_likelihood_std():
     torch.manual_seed(0)
-    m = tiny(sigma=0.1, deterministic=True).eval()
+    m = tiny(sigma=0.1).eval()
     video = torch.rand(2, 3, 3, 64, 64)
     with torch.no_grad():
-        const = m(video, Schedule())
-        same = m(video, Schedule(sigma=0.1))
-        wider = m(video, Schedule(sigma=0.2))
+        const = m(video, Schedule(), deterministic=True)
+        same = m(video, Schedule(sigma=0.1), deterministic=True)
+        wider = m(video, Schedule(sigma=0.2), deterministic=True)
     torch.testing.assert_close(same.log_like, const.log_like)
     # log N(x; mu, s) = -(x - mu)^2 / (2 s^2) - log s - log(2 pi) / 2, summed over the same pixels and recon
     n = video[0, 0].numel()
@@ -413,13 +411,13 @@ def test_generation_writes_every_frame_and_t0_works():
 
 
 def test_deterministic_mode_is_reproducible_and_streaming_continues():
-    m = tiny(deterministic=True)
+    m = tiny()
     video = torch.rand(1, 6, 3, 64, 64)
     with torch.no_grad():
-        a = m(video, Schedule())
-        b = m(video, Schedule())
-        first = m(video[:, :3], Schedule())
-        second = m(video[:, 3:], Schedule(), carry=first.carry)
+        a = m(video, Schedule(), deterministic=True)
+        b = m(video, Schedule(), deterministic=True)
+        first = m(video[:, :3], Schedule(), deterministic=True)
+        second = m(video[:, 3:], Schedule(), carry=first.carry, deterministic=True)
     torch.testing.assert_close(a.recon, b.recon)
     torch.testing.assert_close(torch.cat([first.recon, second.recon], 1), a.recon)
     assert torch.equal(torch.cat([first.counts, second.counts], 1), a.counts)
@@ -527,8 +525,8 @@ def test_speed_and_memory_options_give_the_same_loss_and_gradients(option):
     grads = []
     for flags in (plain, {**plain, **option}):
         torch.manual_seed(0)
-        m = tiny(**flags, deterministic=True)
-        out = m(video, Schedule(detach=False))
+        m = tiny(**flags)
+        out = m(video, Schedule(detach=False), deterministic=True)
         out.neg_elbo.sum().backward()
         grads.append((out.neg_elbo.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-3)
@@ -550,11 +548,11 @@ def test_bf16_autocast_stays_close_to_fp32():
     torch.manual_seed(1)
     video = torch.rand(1, 3, 3, 64, 64)
     torch.manual_seed(0)
-    m = tiny(deterministic=True)
+    m = tiny()
     with torch.no_grad():
-        ref = m(video, Schedule())
+        ref = m(video, Schedule(), deterministic=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = m(video, Schedule())
+            low = m(video, Schedule(), deterministic=True)
     assert torch.isfinite(low.neg_elbo).all()
     torch.testing.assert_close(low.neg_elbo.float(), ref.neg_elbo, rtol=2e-2, atol=0)
 
@@ -567,8 +565,8 @@ def test_compiled_glimpse_networks_give_the_same_loss_and_gradients():
     grads = []
     for flag in (False, True):
         torch.manual_seed(0)
-        m = tiny(compile=flag, deterministic=True)
-        out = m(video, Schedule(detach=False))
+        m = tiny(compile=flag)
+        out = m(video, Schedule(detach=False), deterministic=True)
         out.neg_elbo.sum().backward()
         grads.append((out.neg_elbo.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-2)
@@ -620,8 +618,8 @@ def test_fixed_slot_budget_gives_the_same_loss_and_tracks():
     outs = []
     for fixed in (False, True):
         torch.manual_seed(0)
-        m = tiny(fixed_slots=fixed, deterministic=True, max_num_obj=20)
-        out = m(video, Schedule(detach=False))
+        m = tiny(fixed_slots=fixed, max_num_obj=20)
+        out = m(video, Schedule(detach=False), deterministic=True)
         out.neg_elbo.sum().backward()
         outs.append((out, {n: p.grad.clone() for n, p in m.named_parameters()}))
     (dyn, g_dyn), (fix, g_fix) = outs
@@ -631,8 +629,8 @@ def test_fixed_slot_budget_gives_the_same_loss_and_tracks():
     slots = {}
     for fixed in ("auto", True):
         torch.manual_seed(0)
-        m = tiny(deterministic=True, fixed_slots=fixed, max_num_obj=20, z_pres_disc_threshold=0.99)
-        slots[fixed] = m(video[:, :1]).ids.shape[2]
+        m = tiny(fixed_slots=fixed, max_num_obj=20, z_pres_disc_threshold=0.99)
+        slots[fixed] = m(video[:, :1], deterministic=True).ids.shape[2]
     assert slots["auto"] < slots[True] == 16
     torch.testing.assert_close(dyn.neg_elbo, fix.neg_elbo, rtol=1e-5, atol=1e-2)
     torch.testing.assert_close(dyn.counts, fix.counts)
@@ -645,12 +643,12 @@ def test_fixed_slot_budget_gives_the_same_loss_and_tracks():
 
 def test_track_only_gives_the_same_tracks():
     torch.manual_seed(0)
-    m = tiny(deterministic=True)
+    m = tiny()
     m.eval()
     video = torch.rand(2, 5, 3, 64, 64)
     with torch.no_grad():
-        full = m(video, Schedule())
-        fast = m(video, Schedule(), track_only=True)
+        full = m(video, Schedule(), deterministic=True)
+        fast = m(video, Schedule(), track_only=True, deterministic=True)
     assert torch.equal(full.ids, fast.ids) and torch.equal(full.counts, fast.counts)
     torch.testing.assert_close(full.boxes, fast.boxes)
     assert fast.recon.shape[1] == 0
@@ -659,13 +657,13 @@ def test_track_only_gives_the_same_tracks():
 def test_skipping_absent_cells_keeps_the_tracks_of_present_ones():
     """skip_glimpse_below is an approximation: cells below the threshold are dropped, the rest match."""
     torch.manual_seed(0)
-    m = tiny(deterministic=True, max_num_obj=8)
+    m = tiny(max_num_obj=8)
     m.eval()
     video = torch.rand(2, 5, 3, 64, 64)
     with torch.no_grad():
-        exact = m(video, Schedule(), track_only=True)
+        exact = m(video, Schedule(), track_only=True, deterministic=True)
         m.skip_glimpse_below = 0.1
-        approx = m(video, Schedule(), track_only=True)
+        approx = m(video, Schedule(), track_only=True, deterministic=True)
     # A tracked object needs presence > 0.7, far above the 0.1 skip threshold: same tracks.
     assert torch.equal(exact.counts, approx.counts) and torch.equal(exact.ids, approx.ids)
     torch.testing.assert_close(exact.boxes, approx.boxes)
@@ -739,10 +737,10 @@ def test_box_sources():
     outs = {}
     for source in ("where", "mask"):
         torch.manual_seed(1)
-        m = tiny(deterministic=True, box_source=source)
+        m = tiny(box_source=source)
         m.eval()
         with torch.no_grad():
-            outs[source] = m(video, Schedule(), track_only=True)
+            outs[source] = m(video, Schedule(), track_only=True, deterministic=True)
     where, mask = outs["where"], outs["mask"]
     assert torch.equal(where.ids, mask.ids) and torch.equal(where.counts, mask.counts)
     drawn = mask.presence > 0

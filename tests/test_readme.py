@@ -103,7 +103,7 @@ def _tiny(words: list[str], tmp: Path) -> list[str]:
     if cfg.task == "fit":
         extra.append("trainer.max_steps=1")
     if cfg.task == "generate":
-        extra.append("model.observe_frames=1")
+        extra.append("observe_frames=1")
     return extra
 
 

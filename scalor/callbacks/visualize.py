@@ -34,6 +34,7 @@ from torch import Tensor
 
 from scalor.model import PRESENCE_THRESHOLD
 from scalor.schedules import Schedule
+from scalor.tracking import evaluating
 from scalor.viz import VideoWriter, draw_boxes, draw_trails, make_grid, segmentation_overlay, to_uint8_hwc
 
 __all__ = ["ROWS", "VisualizationCallback", "render_panels"]
@@ -223,12 +224,12 @@ class VisualizationCallback(L.Callback):
     every_n_steps: optimiser steps between drawings (0: never during training); num_sequences: sequences
     drawn; fps: of the videos; on_validation: also draw at the end of each validation (not the sanity
     check); max_frames: at most this many frames per sequence (None: all); media_dir: where files go
-    (None: ``<trainer.log_dir>/media``); deterministic: the model's flag while drawing (None: keep it);
+    (None: ``<trainer.log_dir>/media``); deterministic: draw the posterior means instead of a sample;
     min_side: images are enlarged to at least this many pixels per side.
     """
 
     def __init__(self, every_n_steps: int = 500, num_sequences: int = 3, fps: int = 5, on_validation: bool = True,
-                 max_frames: int | None = None, media_dir: str | None = None, deterministic: bool | None = None,
+                 max_frames: int | None = None, media_dir: str | None = None, deterministic: bool = False,
                  min_side: int = 128) -> None:
         super().__init__()
         if int(every_n_steps) < 0 or int(num_sequences) < 1 or not float(fps) > 0:
@@ -240,7 +241,7 @@ class VisualizationCallback(L.Callback):
         self.on_validation = bool(on_validation)
         self.max_frames = None if max_frames is None else int(max_frames)
         self.media_dir = None if media_dir in (None, "") else str(media_dir)
-        self.deterministic = deterministic
+        self.deterministic = bool(deterministic)
         self.min_side = int(min_side)
         self._root: Path | None = None
         self._val_video: Tensor | None = None
@@ -306,16 +307,8 @@ class VisualizationCallback(L.Callback):
         if self.max_frames is not None:
             video = video[:, : self.max_frames]
         video = video.to(pl_module.device, torch.float32)
-        was_training, was_det = model.training, model.deterministic
-        model.eval()
-        if self.deterministic is not None:
-            model.deterministic = bool(self.deterministic)
-        try:
-            with torch.no_grad():
-                out = model(video, self._schedule(trainer, pl_module), visuals=True)
-        finally:
-            model.train(was_training)
-            model.deterministic = was_det
+        with evaluating(model):
+            out = model(video, self._schedule(trainer, pl_module), visuals=True, deterministic=self.deterministic)
         panels = render_panels(video, out, self.min_side)
         metrics = sequence_metrics(out)
         for row in metrics:

@@ -1,5 +1,6 @@
-"""Model configs saved in older checkpoints: options that no longer exist, and run options that moved to the
-``execution`` group (:class:`scalor.model.execution.ExecutionOptions`).
+"""Model configs saved in older checkpoints: options that no longer exist, run options that moved to the
+``execution`` group (:class:`scalor.model.execution.ExecutionOptions`), and options of how a trained model tracks,
+tests and generates that moved out of the model (the ``tracker`` group, ``nll_samples``, ``observe_frames``).
 
 Every path that reads a checkpoint's ``hyper_parameters['model']`` (``scalor.inference.load_model``, the
 checkpoint-vs-config check of ``scalor.tasks.check_config``, ``SCALORLitModule`` as ``load_from_checkpoint``
@@ -32,6 +33,19 @@ REMOVED_OPTIONS: dict[str, Any] = {
 # run's execution.* options apply instead).
 MOVED_TO_EXECUTION: tuple[str, ...] = ExecutionOptions.keys()
 
+# Options of how a trained model was run to track, test or generate that older checkpoints saved in the model
+# config, each with what takes it over ({value}: the value given): they never changed the weights, so they are
+# dropped whatever their value (the run's tracker, nll_samples and observe_frames apply instead).
+MOVED_OUT_OF_MODEL: dict[str, str] = {
+    "backfill": "write tracker=backfill (tracker=pick backfills its passes too)",
+    "backfill_copy_iou": "write tracker.copy_iou={value} (with tracker=backfill or tracker=pick)",
+    "pick_direction": "write tracker=pick",
+    "pick_views": "write tracker=pick tracker.views={value}",
+    "deterministic": "trackers always track on posterior means (tracking_inference=deterministic); drop it",
+    "nll_samples": "write nll_samples={value}",
+    "observe_frames": "write observe_frames={value}",
+}
+
 
 def _is_off(value: Any, off: Any) -> bool:
     if off is None or isinstance(off, bool):
@@ -48,14 +62,22 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def moved_out_of_model(key: str, value: Any = None) -> str:
+    """The one-line message for ``model.<key>`` (a key of :data:`MOVED_OUT_OF_MODEL`) set to ``value`` (None:
+    not given, shown as N)."""
+    shown = "N" if value is None else _show(value)
+    return (f"model.{key} is no longer a model option (it only chose how a trained model is run); "
+            + MOVED_OUT_OF_MODEL[key].format(value=shown))
+
+
 def upgrade_saved_config(saved: Mapping, source: str = "checkpoint") -> dict:
     """A checkpoint's saved model config without the removed options (:data:`REMOVED_OPTIONS`) that it saved at
-    their "off" value and without the run options now in the execution group (:data:`MOVED_TO_EXECUTION`,
-    whatever their value); a removed option saved with any other value raises ConfigError (one line; ``source``
-    names the checkpoint in it). Other keys are returned as they are."""
+    their "off" value and without the run options now in the execution group (:data:`MOVED_TO_EXECUTION`) or out
+    of the model (:data:`MOVED_OUT_OF_MODEL`), whatever their value; a removed option saved with any other value
+    raises ConfigError (one line; ``source`` names the checkpoint in it). Other keys are returned as they are."""
     upgraded = {}
     for key, value in saved.items():
-        if key in MOVED_TO_EXECUTION:
+        if key in MOVED_TO_EXECUTION or key in MOVED_OUT_OF_MODEL:
             continue
         if key in REMOVED_OPTIONS:
             if not _is_off(value, REMOVED_OPTIONS[key]):

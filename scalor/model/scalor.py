@@ -4,7 +4,7 @@ likelihood and compaction into the next :class:`ObjectState`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +13,6 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import ConfigError
 from ..schedules import Schedule
 from .background import Background
-from .backfill import TrackTable, backfill
 from .discovery import Discovery, DiscoveryStep
 from .execution import ExecutionOptions
 from .distributions import EPS, clamp_st, normal_log_prob
@@ -22,7 +21,6 @@ from .propagation import Propagation, PropagationStep
 from .render import (BoxCoder, Windows, boxes_to_xyxy, extract, gather_windows, mask_boxes, scatter_windows, scatter_windows_amax,
                      window_size)
 from .state import Carry, ObjectState, SequenceOutput
-from .views import VIEW_COUNTS, unview_boxes, view
 
 GLIMPSE_SIZES = (16, 32, 64)
 CURRICULUM_ALPHA = 0.9  # docs/model.md §4.5
@@ -53,21 +51,18 @@ class SCALOR(nn.Module):
                  max_num_obj: int = 45, conv_lstm: bool = True, bg_decoder: str = "upsample",
                  no_background: bool = False, sigma: float = 0.1, size_anc: float = 0.1, var_s: float = 0.03,
                  ratio_anc: float = 2.5, var_anc: float = 0.5, explained_ratio_threshold: float = 0.3,
-                 z_pres_disc_threshold: float = 0.7, gen_disc_pres_probs: float = 0.1, observe_frames: int = 5,
-                 nll_samples: int = 1, deterministic: bool = False, double_softplus_what_std: bool = True,
-                 kl_weight_pre_rejection: bool = True, box_source: str = "mask",
-                 center_range: float = 1.0, reject_duplicates: bool = False, duplicate_min_iou: float = 0.0,
-                 z_what_dim: int = 64, backfill: bool = False, backfill_copy_iou: float = 0.7,
-                 pick_direction: bool = False, pick_views: int = 1):
+                 z_pres_disc_threshold: float = 0.7, gen_disc_pres_probs: float = 0.1,
+                 double_softplus_what_std: bool = True, kl_weight_pre_rejection: bool = True,
+                 box_source: str = "mask", center_range: float = 1.0, reject_duplicates: bool = False,
+                 duplicate_min_iou: float = 0.0, z_what_dim: int = 64):
         super().__init__()
         self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
                              glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
                              size_anc=size_anc, var_s=var_s, ratio_anc=ratio_anc, var_anc=var_anc,
                              explained_ratio_threshold=explained_ratio_threshold,
                              z_pres_disc_threshold=z_pres_disc_threshold, gen_disc_pres_probs=gen_disc_pres_probs,
-                             observe_frames=observe_frames, nll_samples=nll_samples, box_source=box_source,
-                             center_range=center_range, duplicate_min_iou=duplicate_min_iou,
-                             z_what_dim=z_what_dim, pick_direction=pick_direction, pick_views=pick_views)
+                             box_source=box_source, center_range=center_range, duplicate_min_iou=duplicate_min_iou,
+                             z_what_dim=z_what_dim)
         self.img_hw = (img_size, img_size)
         self.grid = (num_cell_h, num_cell_w)
         self.glimpse_size = glimpse_size
@@ -75,15 +70,8 @@ class SCALOR(nn.Module):
         self.z_what_dim = z_what_dim
         self.sigma = sigma
         self.z_pres_disc_threshold = z_pres_disc_threshold
-        self.observe_frames = observe_frames
-        self.nll_samples = nll_samples
-        self.deterministic = deterministic
         self.no_background = no_background
         self.box_source = box_source
-        self.backfill = backfill
-        self.backfill_copy_iou = backfill_copy_iou
-        self.pick_direction = pick_direction
-        self.pick_views = pick_views
         boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
         self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
 
@@ -112,24 +100,10 @@ class SCALOR(nn.Module):
                         max_num_obj: int = 45, bg_decoder: str = "upsample", sigma: float = 0.1,
                         size_anc: float = 0.1, var_s: float = 0.03, ratio_anc: float = 2.5, var_anc: float = 0.5,
                         explained_ratio_threshold: float = 0.3, z_pres_disc_threshold: float = 0.7,
-                        gen_disc_pres_probs: float = 0.1, observe_frames: int = 5, nll_samples: int = 1,
-                        box_source: str = "mask", center_range: float = 1.0, duplicate_min_iou: float = 0.0,
-                        z_what_dim: int = 64, backfill: bool = False, backfill_copy_iou: float = 0.7,
-                        pick_direction: bool = False, pick_views: int = 1, **_ignored) -> None:
+                        gen_disc_pres_probs: float = 0.1, box_source: str = "mask", center_range: float = 1.0,
+                        duplicate_min_iou: float = 0.0, z_what_dim: int = 64, **_ignored) -> None:
         """Raise ConfigError, naming the key and the fix, for settings the model cannot run (the run options
         of the execution group: :meth:`ExecutionOptions.validate`)."""
-        for key, value in (("backfill", backfill), ("pick_direction", pick_direction)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"model.{key}={value!r} must be true or false.")
-        if isinstance(pick_views, bool) or pick_views not in VIEW_COUNTS:
-            raise ConfigError(f"model.pick_views={pick_views!r} must be one of {', '.join(map(str, VIEW_COUNTS))} "
-                              "(1: the frames as they are; 8: all eight flips and transposes).")
-        if pick_views > 1 and not pick_direction:
-            raise ConfigError(f"model.pick_views={pick_views} needs model.pick_direction=true (each view is tracked "
-                              "in both directions and the ELBO picks among them); set it, or model.pick_views=1.")
-        if isinstance(backfill_copy_iou, bool) or not (0 < backfill_copy_iou <= 1):
-            raise ConfigError(f"model.backfill_copy_iou={backfill_copy_iou!r} must be in (0, 1] (0.7: a backward box "
-                              "with that IoU with an earlier forward track is a copy).")
         if box_source not in ("mask", "where"):
             raise ConfigError(f"model.box_source={box_source} is unknown; use mask (tight boxes of what each object "
                               "draws) or where (the glimpse boxes z_where).")
@@ -166,10 +140,6 @@ class SCALOR(nn.Module):
             raise ConfigError(f"model.z_pres_disc_threshold={z_pres_disc_threshold} must be in [0, 1).")
         if not (0 < gen_disc_pres_probs < 1):
             raise ConfigError(f"model.gen_disc_pres_probs={gen_disc_pres_probs} must be in (0, 1).")
-        if int(observe_frames) < 0:
-            raise ConfigError(f"model.observe_frames={observe_frames} must be >= 0.")
-        if int(nll_samples) < 1:
-            raise ConfigError(f"model.nll_samples={nll_samples} must be >= 1.")
 
     # ------------------------------------------------------------------ helpers
     def _net(self, name: str):
@@ -292,81 +262,22 @@ class SCALOR(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, video: Tensor, schedule: Schedule = Schedule(), carry: Carry | None = None,
                 observe_frames: int | None = None, visuals: bool = False, log_imp: bool = False,
-                track_only: bool = False) -> SequenceOutput:
-        """Run the model over a sequence.
+                track_only: bool = False, deterministic: bool = False) -> SequenceOutput:
+        """One pass over the frames in order.
 
         video (B,T,3,H,W) in [0,1]. carry continues an earlier window of the same sequences.
         observe_frames: None for inference; k >= 0 to infer frames t < k and imagine the rest from
         the priors (generation; video frames t >= k are then only used for the likelihood).
         log_imp: also return the importance log-ratios of the NLL estimate (docs/model.md §4.10).
         track_only: boxes, IDs and counts only (tracking inference): no compositing, background or
-        likelihood; recon is then empty (B, 0, 3, H, W) and log_like, kl_bg are zero. Offline tracking options
-        of track-only calls: ``backfill`` (:meth:`track_backfilled`) and ``pick_direction`` (without carry:
-        :meth:`track_picked`).
+        likelihood; recon is then empty (B, 0, 3, H, W) and log_like, kl_bg are zero.
+        deterministic: posterior means and u = 0.5 presence instead of samples (docs/model.md §4.11).
+        How tracks are reported from passes like this one (offline, streaming): :mod:`scalor.tracking.trackers`.
         """
         if visuals and track_only:
             raise ValueError("visuals need the composited frames: call with track_only=False")
-        if not (track_only and observe_frames is None):
-            return self._run(video, schedule, carry, observe_frames, visuals, log_imp, track_only)
-        if carry is None and self.pick_direction:
-            return self.track_picked(video, schedule)
-        out = self._run(video, schedule, carry, track_only=True)
-        return self.track_backfilled(video, schedule, out) if self.backfill else out
-
-    def track_backfilled(self, video: Tensor, schedule: Schedule, out: SequenceOutput) -> SequenceOutput:
-        """``out``, the track-only tracks of video (B,T,3,H,W), with every track that starts after the first frame
-        extended back along a track of a second track-only pass over the frames in reverse order
-        (:mod:`.backfill`; offline tracking). Slots are a track each (IDs as tracked forwards; -1 where a track
-        is not reported: objects of presence <= 0.5 are left out); counts add the extended boxes; the carry is
-        ``out``'s."""
-        b = video.shape[0]
-        back = self._run(video.flip(1), schedule, self.initial_carry(b, video.device, video.dtype), track_only=True)
-        table, extended = backfill(TrackTable.from_slots(out.boxes, out.ids, out.presence),
-                                   TrackTable.from_slots(back.boxes, back.ids, back.presence).flip(),
-                                   copy_iou=self.backfill_copy_iou)
-        boxes, ids, presence = table.to_slots()
-        return replace(out, boxes=boxes, ids=ids, presence=presence, counts=out.counts + extended.sum(1))
-
-    def track_picked(self, video: Tensor, schedule: Schedule) -> SequenceOutput:
-        """Tracks of whole sequences video (B,T,3,H,W) by the best of 2 x ``pick_views`` passes (``pick_direction``;
-        offline tracking).
-
-        The frames are explained by a pass in order and by a pass in reverse order (full passes, so that each
-        has its ELBO; with ``backfill`` each pass's tracks are backfilled from the other's). Two objects that
-        touch where a pass starts are often taken as one object until they part; a pass from the other end
-        meets them apart and holds them as two, and drawing them as two explains the frames better. With
-        ``pick_views`` > 1 the same is done for mirrored and transposed copies of the frames (:mod:`.views`),
-        where the grid cells fall differently on the objects, and their boxes are mapped back. Each sequence
-        reports the tracks of the pass with the lowest negative ELBO (ties: the earlier pass, the forward pass
-        of the frames as they are first). IDs are the chosen pass's own; the loss terms, recon and carry are
-        the forward pass's of the frames as they are.
-        """
-        first, table, best = None, None, None
-        for k in range(self.pick_views):
-            frames = view(video, k)
-            ahead = self._run(frames, schedule)
-            behind = self._run(frames.flip(1), schedule)
-            fwd = TrackTable.from_slots(ahead.boxes, ahead.ids, ahead.presence)
-            bwd = TrackTable.from_slots(behind.boxes, behind.ids, behind.presence).flip()
-            if self.backfill:  # each from the other pass as it was tracked, not as backfilled
-                filled_fwd = backfill(fwd, bwd, copy_iou=self.backfill_copy_iou)[0]
-                filled_bwd = backfill(bwd.flip(), fwd.flip(), copy_iou=self.backfill_copy_iou)[0].flip()
-                fwd, bwd = filled_fwd, filled_bwd
-            for tracks, neg_elbo in ((fwd, ahead.neg_elbo), (bwd, behind.neg_elbo)):
-                tracks = TrackTable(tracks.ids, unview_boxes(tracks.boxes, k), tracks.presence)
-                if table is None:
-                    first, table, best = ahead, tracks, neg_elbo
-                    continue
-                take = neg_elbo < best
-                table, best = TrackTable.choose(table, tracks, take), torch.where(take, neg_elbo, best)
-        boxes, ids, presence = table.to_slots()
-        return replace(first, boxes=boxes, ids=ids, presence=presence, counts=table.reported.sum(1))
-
-    def _run(self, video: Tensor, schedule: Schedule, carry: Carry | None = None, observe_frames: int | None = None,
-             visuals: bool = False, log_imp: bool = False, track_only: bool = False) -> SequenceOutput:
-        """The forward pass over the frames in order (:meth:`forward`'s arguments; no offline options)."""
         b, t_len = video.shape[:2]
-        det = self.deterministic
+        det = bool(deterministic)
         if carry is None:
             carry = self.initial_carry(b, video.device, video.dtype)
         n_obs = t_len if observe_frames is None else min(observe_frames, t_len)
@@ -469,12 +380,13 @@ class SCALOR(nn.Module):
 
 
     @torch.no_grad()
-    def importance_nll(self, video: Tensor, schedule: Schedule = Schedule(), samples: int | None = None) -> Tensor:
-        """(B,) importance-weighted NLL estimate in nats per sequence (docs/model.md §4.10).
+    def importance_nll(self, video: Tensor, schedule: Schedule, samples: int) -> Tensor:
+        """(B,) importance-weighted NLL estimate in nats per sequence of video (B,T,3,H,W) from ``samples``
+        sampled passes (docs/model.md §4.10).
 
         Each sample's log weight is T * log_like + log_imp; NLL = -(logsumexp_K - log K).
         """
-        k = samples or self.nll_samples
+        k = int(samples)
         log_w = []
         for _ in range(k):
             out = self(video, schedule, log_imp=True)

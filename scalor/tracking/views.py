@@ -1,4 +1,4 @@
-"""Views of a square video under the symmetries of the square (offline tracking, ``model.pick_views``).
+"""Views of a square video under the symmetries of the square (offline tracking, ``PickTracker.views``).
 
 Discovery proposes one object per grid cell, and two objects that touch are sometimes taken as one. Which pairs
 are merged depends on where they fall in their cells, so a mirrored or transposed copy of the same frames is

@@ -1,4 +1,5 @@
-"""Backfill (offline tracking): tracks that start late are extended back along a backward pass's tracks.
+"""Backfill (offline tracking, :class:`~scalor.tracking.trackers.BackfillTracker`): tracks that start late are
+extended back along a backward pass's tracks.
 
 A filtering tracker discovers an object when it first tells it apart: two sprites that overlap at the first
 frame are often taken as one object, and the second is discovered only when they part. A track-only pass over
@@ -19,7 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .state import PRESENCE_THRESHOLD
+from scalor.model.state import PRESENCE_THRESHOLD
+
+COPY_IOU = 0.7  # a backward box with this IoU with a forward track tracked already is a copy (the extension stops)
+MATCH_IOU = 0.5  # a late track and a backward track match at its first frame from this box IoU on (mutual best)
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -79,8 +83,8 @@ class TrackTable:
                           torch.cat(presence, 1))
 
 
-def backfill(forward: TrackTable, backward: TrackTable, match_iou: float = 0.5,
-             copy_iou: float = 0.7) -> tuple[TrackTable, Tensor]:
+def backfill(forward: TrackTable, backward: TrackTable, match_iou: float = MATCH_IOU,
+             copy_iou: float = COPY_IOU) -> tuple[TrackTable, Tensor]:
     """Extend the forward tracks that start after frame 0 back along the backward pass's tracks (module doc).
 
     forward (B, I, T rows), backward (B, J, T rows; frames in forward order). Returns the extended forward table
