@@ -67,8 +67,8 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> bool:
-    """Training loss (negative ELBO), the tracked count against the ground truth, and validation MOTA and
-    count accuracy, against optimiser steps."""
+    """Training loss (negative ELBO) and validation MOTA, count accuracy and IDF1 (without ground truth: the objects
+    per frame in training and validation), against optimiser steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,8 +90,16 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> bool:
         if xs:
             axes[1].plot(xs, ys, "o-", ms=3, label=label)
     axes[1].set_xlabel("optimiser step")
-    axes[1].set_ylim(min(0.0, *(series(rows, "val/mota")[1] or [0.0])), 1.0)
-    axes[1].legend()
+    if axes[1].lines:
+        axes[1].set_ylim(min(0.0, *(series(rows, "val/mota")[1] or [0.0])), 1.0)
+    else:  # no ground truth: the objects the model keeps per frame
+        for key, label, style in (("train/count", "train", "-"), ("val/count", "validation", "o-")):
+            xs, ys = series(rows, key)
+            if xs:
+                axes[1].plot(xs, ys, style, ms=3, lw=0.8, label=label)
+        axes[1].set_ylabel("objects per frame")
+    if axes[1].lines:
+        axes[1].legend()
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,8 +214,8 @@ def track_media(track_dir: Path, out: Path, name: str, frames: tuple[int, ...] =
         images = [shots[f] for f in sorted(shots)]
         images += [np.zeros_like(images[0])] * (len(images) % 2)
         rows = [np.concatenate(images[i:i + 2], 1) for i in range(0, len(images), 2)]
-        cv2.imwrite(str(out / "tracks.png"), np.concatenate(rows, 0))
-        lines += [f"![{name} whole-frame tracks](results/{name}/tracks.png)", "",
+        cv2.imwrite(str(out / "tracks.jpg"), np.concatenate(rows, 0), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        lines += [f"![{name} whole-frame tracks](results/{name}/tracks.jpg)", "",
                   f"Frames {', '.join(map(str, sorted(shots)))} of tracks.mp4 (half size).", ""]
     if writer is not None:
         lines += [f"The first {min(k, excerpt)} frames of tracks.mp4 (half size): "

@@ -26,6 +26,15 @@ def fake_run(root: Path, name: str, folder: str, task: str = "fit", metrics: dic
     return run
 
 
+def render_page(docs: Path, *runs: Path) -> str:
+    """docs/results.md as scripts/results.py writes it from these run folders into a new docs folder."""
+    docs.mkdir()
+    proc = subprocess.run([sys.executable, "scripts/results.py", *map(str, runs), "--docs", str(docs)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return (docs / "results.md").read_text()
+
+
 def test_summary_is_written_atomically_with_finite_metrics(tmp_path):
     cfg = OmegaConf.create({"name": "x", "paths": {"output_dir": str(tmp_path / "run")}})
     path = write_summary(cfg, "fit", 12.34, 7, {"test/mota": 0.5, "test/motp": float("nan"), "note": "text"}, None)
@@ -212,11 +221,7 @@ def test_a_fit_breakdown_with_another_count_table_gives_way_to_its_retest(tmp_pa
     fake_run(outputs, "dense", "b", task="test", checkpoint=ckpt, finished="2026-01-02 00:00:00",
              metrics={**same, "test/errors/by_gt/80/frames": 1.0, "test/errors/by_gt/90/frames": 1.0})
     docs = tmp_path / "docs"
-    docs.mkdir()
-    proc = subprocess.run([sys.executable, "scripts/results.py", str(run), "--docs", str(docs)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    page = (docs / "results.md").read_text()
+    page = render_page(docs, run)
     assert "| objects in the frame | 80 | 90 | all |" in page and "| 64 |" not in page
     assert "From the re-test 1. Where" in page and "From the fit" not in page
 
@@ -242,15 +247,11 @@ def test_results_page_shows_whole_frame_tracking_against_ground_truth(tmp_path):
         writer.write(np.full((48, 64, 3), t, np.uint8))
     writer.release()
     docs = tmp_path / "docs"
-    docs.mkdir()
-    proc = subprocess.run([sys.executable, "scripts/results.py", str(run), "--docs", str(docs)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    page = (docs / "results.md").read_text()
+    page = render_page(docs, run)
     assert "| track 1 | 0.710 | 0.800 | 0.750 | 4 | 0.500 | 0.450 | 80 | 2.1 min | 3.250 |" in page
     assert "| track 2 |" not in page  # the unscored track run is left out
-    assert "results/walkers/tracks.png" in page and "results/walkers/tracks_excerpt.mp4" in page
-    figure = cv2.imread(str(docs / "results" / "walkers" / "tracks.png"))
+    assert "results/walkers/tracks.jpg" in page and "results/walkers/tracks_excerpt.mp4" in page
+    figure = cv2.imread(str(docs / "results" / "walkers" / "tracks.jpg"))
     assert figure.shape == (24, 64, 3)  # frame 101 at half size, beside a blank (frames 301 ... are beyond the end)
     cap = cv2.VideoCapture(str(docs / "results" / "walkers" / "tracks_excerpt.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 120
