@@ -76,6 +76,11 @@ def check_retired_model_keys(argv: list[str]) -> None:
     ``nll_samples``, ``observe_frames``) or was removed: one line that says so and names the new key (Hydra alone
     would answer "Key ... is not in struct")."""
     pairs = [arg.lstrip("+~").partition("=")[::2] for arg in argv]
+    for key, value in pairs:
+        if key == "fit_val_pick_views":
+            print(f"error: fit_val_pick_views is now a tracker of its own; write tracker@fit_val_tracker=pick "
+                  f"fit_val_tracker.views={value or 'N'}.", file=sys.stderr, flush=True)
+            sys.exit(2)
     if not any(key.startswith("model.") for key, _ in pairs):
         return
     from scalor.model.config import MOVED_OUT_OF_MODEL, MOVED_TO_EXECUTION, REMOVED_OPTIONS, moved_out_of_model

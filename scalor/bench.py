@@ -31,6 +31,7 @@ from scalor.model import SCALOR
 from scalor.model.execution import ExecutionOptions
 from scalor.summary import hardware
 from scalor.tracking import OnlineTracker
+from scalor.tracking.trackers import build_tracker
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -128,7 +129,7 @@ def run_bench(cfg: DictConfig) -> dict:
         optimizer = instantiate(cfg.optimizer)(model.parameters())
     else:
         model.eval()
-        tracker = instantiate(cfg.tracker) if cfg.get("tracker") is not None else OnlineTracker()
+        tracker = build_tracker(cfg) or OnlineTracker()
     precision = str(cfg.trainer.precision)
     if precision not in ("32-true", "32", "bf16-mixed"):
         raise ScalorError(f"trainer.precision={precision} is not measured by the benchmark: use 32-true or bf16-mixed.")

@@ -31,10 +31,9 @@ from scalor.model.config import upgrade_saved_config
 from scalor.model.execution import ExecutionOptions
 from scalor.schedules import Schedule
 from scalor.tracking import OnlineTracker, Tracker, evaluating, inference_schedule
+from scalor.tracking.tiles import TileJoiner
 from scalor.viz import (VideoWriter, draw_boxes, draw_trails, make_grid, mark_generated, mot_rows, to_uint8_hwc,
                         write_mot_txt)
-
-from scalor.tracking.tiles import TileJoiner
 
 if TYPE_CHECKING:  # not at run time: the data modules import Lightning, which scalor.bench keeps out
     from scalor.datamodules.video import FrameFit, TileFit
@@ -120,7 +119,8 @@ def track_video(model: SCALOR, frames: Iterable[np.ndarray], out_dir: str | os.P
     Frames are read ``window`` at a time and tracked by ``tracker.streaming()`` (None: the
     :class:`~scalor.tracking.OnlineTracker`; a PickTracker streams with backfill or online) in eval mode, on
     posterior means, without gradients; its ``carry`` continues each window where the previous one ended, so
-    object IDs persist over the whole video and memory does not grow with its length. Every processed frame is written at once: ``tracks.txt`` gets MOTChallenge lines
+    object IDs persist over the whole video and memory does not grow with its length. Every processed frame is
+    written at once: ``tracks.txt`` gets MOTChallenge lines
     ``frame,id,x,y,w,h,conf,-1,-1,-1`` (conf = presence) for objects with presence > 0.5; ``tracks.mp4`` shows
     the frames with their boxes and the last ``trail`` box centres in ID colours (and, for a crop, the outline of
     the tracked square). ``upscale`` enlarges the video's frames that many times (None: model input to >= 256 px,

@@ -40,6 +40,7 @@ from scalor.resume import resumable_train_loader
 from scalor.schedules import Curriculum
 from scalor.summary import write_summary
 from scalor.tracking import Tracker
+from scalor.tracking.trackers import build_tracker
 from scalor.typecheck import check_types
 
 TASKS = ("fit", "test", "track", "generate")
@@ -152,7 +153,8 @@ def track(cfg: DictConfig) -> dict:
     if cfg.get("groundtruth"):
         from scalor.metrics.mot_files import score_tracks
 
-        scores = {f"track/{k}": v for k, v in score_tracks(stats["tracks_txt"], cfg.groundtruth).items()}
+        tracked = {fit.frame_number(k) for k in range(stats["frames"])}  # with frame_skip, not every frame
+        scores = {f"track/{k}": v for k, v in score_tracks(stats["tracks_txt"], cfg.groundtruth, tracked).items()}
         stats["metrics"] = scores
     seconds = time.monotonic() - start
     write_summary(cfg, "track", seconds, None, {**{k: stats[k] for k in SUMMARY_STATS}, **scores}, str(ckpt_path))
@@ -255,6 +257,11 @@ def check_config(cfg: DictConfig) -> Optional[str]:
         raise ConfigError(f"groundtruth={gt}: " + ("no such file; pass the path of a MOTChallenge gt.txt (e.g. "
                           "groundtruth/vtest/gt.txt)." if task == "track" else f"scores task=track only (this is "
                           f"task={task}); drop it."))
+    if gt is not None:  # read now: a malformed file stops the run before the footage is tracked
+        from scalor.metrics.mot_files import read_mot
+
+        if not read_mot(gt, "ground-truth"):
+            raise ConfigError(f"groundtruth={gt} has no rows; pass a MOTChallenge gt.txt.")
     clip = resolved.get("train_seq_len")
     if clip is not None and not (isinstance(clip, int) and clip >= 1):
         raise ConfigError(f"train_seq_len={clip} must be a number of frames >= 1 (or null: whole sequences).")
@@ -446,33 +453,6 @@ def execution_options(cfg: DictConfig) -> ExecutionOptions:
     """The run options of ``cfg.execution`` (conf/execution; the defaults where the config has no such group)."""
     node = cfg.get("execution")
     return ExecutionOptions.from_config(None if node is None else OmegaConf.to_container(node, resolve=True))
-
-
-def build_tracker(cfg: DictConfig, key: str = "tracker") -> Optional[Tracker]:
-    """The tracker of ``cfg.<key>`` (``tracker`` or ``fit_val_tracker``; conf/tracker), None where it is null.
-    ConfigError (naming ``<key>.<option>``) for options its tracker does not take or cannot run."""
-    node = cfg.get(key)
-    if node is None:
-        return None
-    spec = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    target = spec.get("_target_") if isinstance(spec, Mapping) else None
-    try:
-        cls = hydra.utils.get_class(str(target))
-    except Exception:  # noqa: BLE001 - not a class path: said below
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, Tracker)):
-        raise ConfigError(f"{key} must be a tracker: tracker=online, backfill, pick or pick8 (a node with _target_ "
-                          f"scalor.tracking.OnlineTracker, BackfillTracker or PickTracker), not {target}.")
-    options = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else None
-    unknown = sorted(k for k in spec if not k.startswith("_") and options is not None and k not in options)
-    if unknown:
-        takes = f"it takes {', '.join(sorted(options))}" if options else "it takes no options"
-        raise ConfigError(f"{key}.{unknown[0]} is not an option of {cls.__name__} ({takes}); drop it "
-                          f"(~{key}.{unknown[0]}).")
-    try:
-        return instantiate(spec)
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("tracker.", f"{key}.", 1)) from None
 
 
 def build_module(cfg: DictConfig) -> SCALORLitModule:

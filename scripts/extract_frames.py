@@ -2,7 +2,7 @@
 `data=grand_central` reads.
 
     python scripts/extract_frames.py /usr/share/doc/opencv-doc/examples/data/vtest.avi data/vtest_frames
-    python run.py experiment=grand_central data.root=data/vtest_frames
+    python run.py experiment=grand_central data.root=data/vtest_frames data.frame_skip=3
 
 Any video OpenCV can read. --ext jpg writes JPEG (quality 95) instead of PNG; --skip K keeps every K-th frame
 (still numbered by their place in the video). Stops with one error line, exit 2, for an unreadable video or an
@@ -43,7 +43,11 @@ def main() -> int:
     n = 0
     try:
         for k, img in enumerate(footage_frames(args.video, args.skip)):
-            cv2.imwrite(str(args.out / f"{k * args.skip}.{args.ext}"), img[..., ::-1], params)
+            path = args.out / f"{k * args.skip}.{args.ext}"
+            if not cv2.imwrite(str(path), img[..., ::-1], params):
+                print(f"error: could not write {path}; check the folder's permissions and free space.",
+                      file=sys.stderr)
+                return 2
             n += 1
     except ScalorError as err:
         print(f"error: {err}", file=sys.stderr)

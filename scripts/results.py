@@ -111,7 +111,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> bool:
 def fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    if isinstance(value, float) and (abs(value) >= 100 or (value.is_integer() and abs(value) >= 1)):
+    if isinstance(value, float) and (abs(value) >= 100 or value.is_integer()):
         return f"{value:.0f}"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 

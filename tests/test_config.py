@@ -226,6 +226,8 @@ BAD = [
     (["tracker=pick", "tracker@fit_val_tracker=pick", "fit_val_tracker.views=5"],
      "fit_val_tracker.views=5 must be one of 1, 2, 4, 8"),
     (["tracker=backfill", "tracker.copy_iou=0"], "tracker.copy_iou=0 must be in (0, 1]"),
+    (["fit_val_tracker=pick"], "fit_val_tracker=pick names a tracker as a value; choose it as a config group: "
+                               "tracker@fit_val_tracker=pick"),
     (["experiment=dsprites_easy", "tracker=online", "+tracker.views=8"],
      "tracker.views is not an option of OnlineTracker (it takes no options); drop it (~tracker.views)"),
     (["execution.fixed_slots=always"], "execution.fixed_slots='always' must be true, false or auto"),
@@ -378,6 +380,17 @@ def test_a_tracking_option_on_the_model_names_its_new_key(override, fix, capsys,
     assert exit_.value.code == 2
     assert capsys.readouterr().err == (f"error: {key} is no longer a model option (it only chose how a trained model "
                                        f"is run); {fix}.\n")
+
+
+def test_retired_fit_val_pick_views_names_the_fit_val_tracker(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from run import check_retired_model_keys
+
+    with pytest.raises(SystemExit) as exit_:
+        check_retired_model_keys(["experiment=dsprites_easy", "fit_val_pick_views=2"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: fit_val_pick_views is now a tracker of its own; write "
+                                       "tracker@fit_val_tracker=pick fit_val_tracker.views=2.\n")
 
 
 def test_cli_retired_model_key_exits_2_with_its_new_key(tmp_path):

@@ -265,3 +265,51 @@ def test_bad_tile_settings_stop_with_one_line(tmp_path, override, message):
         dm.validate()
     assert "\n" not in str(err.value)
     assert not (tmp_path / "cache").exists()  # nothing decoded
+
+
+def test_tiles_end_exactly_at_the_frame_border():
+    """Scaled back to the footage, the last tiles end at the frame's edges exactly, so the joiner treats the border
+    as a border: an object whole in the last tile is reported once, from that tile."""
+    fit = TileFit(64, 0.75, 24)
+    rects = fit.footage_tiles(85, 114)  # scaled 64 x 86: tiles at x 0 and 22, y 0
+    assert rects[:, 2].max() == 114 and rects[:, 3].max() == 85
+    joiner = TileJoiner(rects, 85, 114)
+    assert not joiner.inner[np.argmax(rects[:, 2]), 2] and not joiner.inner[:, 3].any()
+    whole = np.array([80.0, 20, 114, 60])  # whole in the last tile, up to the border; cut by the first tile's edge
+    boxes = np.zeros((2, 1, 4))
+    boxes[0, 0], boxes[1, 0] = [80, 20, rects[0, 2], 60], whole
+    out, ids, _ = joiner(boxes, np.array([[0], [0]]), np.ones((2, 1)))
+    assert len(ids) == 1 and np.allclose(out[0], whole)
+
+
+def test_score_tracks_on_the_tracked_frames_only(tmp_path):
+    from scalor.metrics.mot_files import score_tracks
+
+    gt = write_mot(tmp_path / "gt.txt", [(1, 1, 10, 10, 20, 40), (11, 1, 20, 10, 20, 40), (21, 1, 30, 10, 20, 40)])
+    tracks = write_mot(tmp_path / "tracks.txt", [(1, 5, 10, 10, 20, 40), (21, 5, 30, 10, 20, 40)])
+    assert score_tracks(tracks, gt)["misses"] == 1  # frame 11 was annotated, and nothing tracked there
+    m = score_tracks(tracks, gt, tracked={1, 4, 7, 10, 13, 16, 19, 22})  # frame skip 3: 11 and 21 not tracked
+    assert m["annotated_frames"] == 1 and m["mota"] == 1.0
+    with pytest.raises(DataError, match="no frame that .* annotates was tracked"):
+        score_tracks(tracks, gt, tracked={2, 3})
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1,1,10,10,20,40,1,-1,-1,-1\nframe,id\n")
+    with pytest.raises(DataError, match="line 2 of .* is not a MOTChallenge row") as err:
+        score_tracks(tracks, bad)
+    assert "\n" not in str(err.value)
+
+
+def test_extract_frames_writes_numbered_images(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    clip = write_clip(tmp_path / "clip.mp4", [squares_footage(k, 96) for k in range(7)])
+    cmd = [sys.executable, "scripts/extract_frames.py", str(clip), str(tmp_path / "frames"), "--skip", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["0.png", "2.png", "4.png", "6.png"]
+    assert cv2.imread(str(tmp_path / "frames" / "2.png")).shape == (96, 96, 3)
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and again.stderr.startswith("error: ") and len(again.stderr.splitlines()) == 1

@@ -192,13 +192,14 @@ class TileFit:
 
     def footage_tiles(self, height: int, width: int) -> np.ndarray:
         """(N, 4) float xyxy of the tiles in footage pixels."""
-        h, w = scaled_hw(height, width, self.scale)
-        return self.tiles(height, width) * np.array([width / w, height / h, width / w, height / h])
+        h, w = scaled_hw(height, width, self.scale)  # multiplied first: frame edges come out exact
+        return self.tiles(height, width) * np.array([width, height, width, height]) / np.array([w, h, w, h])
 
     def model_input(self, img: np.ndarray, where: str = "a frame") -> np.ndarray:
         """RGB uint8 (h, w, 3) footage frame -> float32 (N, 3, img_size, img_size) tiles in [0, 1]."""
+        rects = self.tiles(*img.shape[:2])  # DataError naming data.scale for footage smaller than a tile
         scaled = fit_frame(img, self.img_size, "tiles", where=where, scale=self.scale)
-        tiles = np.stack([scaled[t:b, l:r] for l, t, r, b in self.tiles(*img.shape[:2])])
+        tiles = np.stack([scaled[t:b, l:r] for l, t, r, b in rects])
         return tiles.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
     def to_footage(self, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -320,10 +321,6 @@ class VideoDataModule(BaseDataModule):
     def span(self) -> int:
         """Frames covered by one clip."""
         return (self.seq_len - 1) * self.frame_skip + 1
-
-    def iter_frames(self) -> Iterator[np.ndarray]:
-        """``iter_frames`` with this module's settings (frame_skip, resize, crop_size)."""
-        return iter_frames(self.path, self.img_size, self.frame_skip, self.resize, self.crop_size)
 
     def _check_path(self) -> Path:
         if self.path is None:

@@ -54,14 +54,18 @@ def _padded(per_frame: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
     return boxes, ids
 
 
-def score_tracks(tracks: str | Path, groundtruth: str | Path) -> dict[str, float]:
+def score_tracks(tracks: str | Path, groundtruth: str | Path, tracked: set[int] | None = None) -> dict[str, float]:
     """MOT (mota, motp, idf1, id_switches, ...) and counting (count_acc, count_mae) metrics of ``tracks`` on the
-    frames ``groundtruth`` annotates, plus ``annotated_frames``."""
+    frames ``groundtruth`` annotates (of those, only the ``tracked`` frame numbers where given: footage read with a
+    frame skip), plus ``annotated_frames`` (the frames scored)."""
     gt = read_mot(groundtruth, "ground-truth")
     if not gt:
         raise DataError(f"the ground-truth file {groundtruth} has no rows; pass a MOTChallenge gt.txt.")
     pred = read_mot(tracks, "tracks")
-    frames = sorted(gt)
+    frames = sorted(f for f in gt if tracked is None or f in tracked)
+    if not frames:
+        raise DataError(f"no frame that {groundtruth} annotates was tracked; track every frame (data.frame_skip=1) "
+                        "or one frame skip that meets the annotated frames.")
     empty = (np.zeros(0, np.int64), np.zeros((0, 4)))
     gb, gi = _padded([gt[f] for f in frames])
     pb, pi = _padded([pred.get(f, empty) for f in frames])

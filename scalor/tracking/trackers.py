@@ -24,7 +24,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional
 
+import dataclasses
+from collections.abc import Mapping
+
+import hydra
 import torch
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from scalor.errors import ConfigError
@@ -33,7 +39,7 @@ from scalor.schedules import Schedule
 from scalor.tracking.backfill import COPY_IOU, TrackTable, backfill
 from scalor.tracking.views import VIEW_COUNTS, unview_boxes, view
 
-__all__ = ["BackfillTracker", "OnlineTracker", "PickTracker", "Tracker", "evaluating"]
+__all__ = ["BackfillTracker", "OnlineTracker", "PickTracker", "Tracker", "build_tracker", "evaluating"]
 
 
 @contextmanager
@@ -163,3 +169,36 @@ class PickTracker(Tracker):
                 table, best = TrackTable.choose(table, tracks, take), torch.where(take, neg_elbo, best)
         boxes, ids, presence = table.to_slots()
         return replace(first, boxes=boxes, ids=ids, presence=presence, counts=table.reported.sum(1))
+
+
+def build_tracker(cfg: DictConfig, key: str = "tracker") -> Optional["Tracker"]:
+    """The tracker of ``cfg.<key>`` (``tracker`` or ``fit_val_tracker``; conf/tracker), None where it is null.
+    ConfigError (naming ``<key>.<option>``) for options its tracker does not take or cannot run."""
+    node = cfg.get(key)
+    if node is None:
+        return None
+    spec = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if isinstance(spec, str):  # fit_val_tracker=pick: a group option given as a value
+        raise ConfigError(f"{key}={spec} names a tracker as a value; choose it as a config group: "
+                          f"tracker@{key}={spec}.")
+    target = spec.get("_target_") if isinstance(spec, Mapping) else None
+    try:
+        cls = hydra.utils.get_class(str(target))
+    except Exception:  # noqa: BLE001 - not a class path: said below
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, Tracker)):
+        raise ConfigError(f"{key} must be a tracker: tracker=online, backfill, pick or pick8 (a node with _target_ "
+                          f"scalor.tracking.OnlineTracker, BackfillTracker or PickTracker), not {target}.")
+    options = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else None
+    unknown = sorted(k for k in spec if not k.startswith("_") and options is not None and k not in options)
+    if unknown:
+        takes = f"it takes {', '.join(sorted(options))}" if options else "it takes no options"
+        raise ConfigError(f"{key}.{unknown[0]} is not an option of {cls.__name__} ({takes}); drop it "
+                          f"(~{key}.{unknown[0]}).")
+    try:
+        return hydra.utils.instantiate(spec, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else None
+        detail = str(cause) if cause else (str(err.__cause__ or err).splitlines() or [""])[0]
+        raise ConfigError(detail.replace("tracker.", f"{key}.", 1) if cause else
+                          f"cannot build {key} ({target}): {detail}; fix the {key}.* keys.") from None
