@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scalor.errors import ScalorError
 from scalor.model import SCALOR
-from scalor.model.execution import ExecutionOptions
+from scalor.model.execution import execution_options
 from scalor.summary import hardware
 from scalor.tracking import OnlineTracker
 from scalor.tracking.trackers import build_tracker
@@ -112,8 +112,7 @@ def run_bench(cfg: DictConfig) -> dict:
     # the model's own config check, as run.py does at startup (instantiate would wrap its error in Hydra's)
     SCALOR.validate_config(**{k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
                               if k != "_target_"})
-    execution = ExecutionOptions.from_config(OmegaConf.to_container(cfg.execution, resolve=True)
-                                             if cfg.get("execution") is not None else None)
+    execution = execution_options(cfg)
     torch.manual_seed(int(b.seed))
     model = execution.apply(instantiate(cfg.model, _convert_="all"))
     if b.ckpt_path:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from scalor.errors import ConfigError, DataError, ScalorError
+from scalor.launch import read_checkpoint
 from scalor.model import PRESENCE_THRESHOLD, SCALOR
 from scalor.model.config import upgrade_saved_config
 from scalor.model.execution import ExecutionOptions
@@ -334,7 +335,7 @@ def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = 
         raise ScalorError(f"ckpt_path={path} is not a file; pass the path of a .ckpt checkpoint "
                           "(or ckpt_path=last for the newest one of the experiment).")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = read_checkpoint(str(path))  # the read the start-up checks of the same run made
     except Exception as err:  # noqa: BLE001 - corrupt file, wrong format, truncated download
         raise ScalorError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
                           "pass a checkpoint written by this project.") from err

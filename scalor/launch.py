@@ -126,7 +126,8 @@ def read_checkpoint(path: str) -> dict:
     """A Lightning checkpoint read once per process (memory-mapped: tensors are paged in only when used; read again
     if the file changes), for the start-up checks that look into it: the run name, the config check, the wandb run
     to resume. Raises what ``torch.load`` raises for an unreadable file; callers must not modify the dict."""
-    return _read(str(path), Path(path).stat().st_mtime_ns)
+    real = os.path.realpath(path)  # ./x.ckpt and x.ckpt are one file, read once
+    return _read(real, Path(real).stat().st_mtime_ns)
 
 
 def checkpoint_experiment(path: str) -> str | None:

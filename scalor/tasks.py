@@ -35,7 +35,7 @@ from scalor.launch import monitor_choice, read_checkpoint, use_job_command_for_d
 from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule
 from scalor.model import SCALOR
 from scalor.model.config import MOVED_OUT_OF_MODEL, moved_out_of_model, upgrade_saved_config
-from scalor.model.execution import ExecutionOptions
+from scalor.model.execution import ExecutionOptions, execution_options
 from scalor.resume import resumable_train_loader
 from scalor.schedules import Curriculum
 from scalor.summary import write_summary
@@ -447,12 +447,6 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     datamodule = instantiate(cfg.data)
     datamodule.validate()
     return datamodule
-
-
-def execution_options(cfg: DictConfig) -> ExecutionOptions:
-    """The run options of ``cfg.execution`` (conf/execution; the defaults where the config has no such group)."""
-    node = cfg.get("execution")
-    return ExecutionOptions.from_config(None if node is None else OmegaConf.to_container(node, resolve=True))
 
 
 def build_module(cfg: DictConfig) -> SCALORLitModule:

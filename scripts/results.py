@@ -145,32 +145,28 @@ def video_strip(video: Path, path: Path, frames: int = 10) -> bool:
     return bool(cv2.imwrite(str(path), np.concatenate(rows, 0)))
 
 
+def beside(run_dir: Path, task: str) -> list[tuple[Path, dict]]:
+    """(folder, summary) of the finished ``task`` runs in the same experiment folder as run_dir, oldest first."""
+    found = [(path.parent, read_summary(path.parent)) for path in run_dir.parent.glob(f"*/{SUMMARY_FILE}")]
+    return sorted(((f, s) for f, s in found if s["task"] == task), key=lambda x: x[1]["finished"])
+
+
 def tests_of(run_dir: Path, checkpoint: str | None) -> list[dict]:
     """The summaries of the task=test runs of the same experiment that tested this run's checkpoint, oldest
     first (e.g. the NLL estimate, or other inference settings of the same weights)."""
     if not checkpoint:
         return []
-    found = []
-    for path in run_dir.parent.glob(f"*/{SUMMARY_FILE}"):
-        summary = read_summary(path.parent)
-        if (summary["task"] == "test" and summary.get("checkpoint")
-                and Path(summary["checkpoint"]).resolve() == Path(checkpoint).resolve()):
-            found.append(summary)
-    return sorted(found, key=lambda x: x["finished"])
+    return [s for _, s in beside(run_dir, "test")
+            if s.get("checkpoint") and Path(s["checkpoint"]).resolve() == Path(checkpoint).resolve()]
 
 
 def tracks_of(run_dir: Path) -> list[tuple[Path, dict]]:
     """(folder, summary) of the task=track runs of the same experiment that tracked a checkpoint of this run and
     scored it against ground truth (``groundtruth=...``), oldest first."""
     ckpts = (run_dir / "checkpoints").resolve()
-    found = []
-    for path in run_dir.parent.glob(f"*/{SUMMARY_FILE}"):
-        summary = read_summary(path.parent)
-        ckpt = summary.get("checkpoint")
-        if (summary["task"] == "track" and ckpt and Path(ckpt).resolve().parent == ckpts
-                and "track/mota" in summary["metrics"]):
-            found.append((path.parent, summary))
-    return sorted(found, key=lambda x: x[1]["finished"])
+    return [(f, s) for f, s in beside(run_dir, "track")
+            if s.get("checkpoint") and Path(s["checkpoint"]).resolve().parent == ckpts
+            and "track/mota" in s["metrics"]]
 
 
 TRACK_COLUMNS = [("MOTA", "track/mota"), ("MOTP", "track/motp"), ("IDF1", "track/idf1"),

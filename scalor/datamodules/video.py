@@ -198,7 +198,7 @@ class TileFit:
     def model_input(self, img: np.ndarray, where: str = "a frame") -> np.ndarray:
         """RGB uint8 (h, w, 3) footage frame -> float32 (N, 3, img_size, img_size) tiles in [0, 1]."""
         rects = self.tiles(*img.shape[:2])  # DataError naming data.scale for footage smaller than a tile
-        scaled = fit_frame(img, self.img_size, "tiles", where=where, scale=self.scale)
+        scaled = scale_frame(img, self.scale)
         tiles = np.stack([scaled[t:b, l:r] for l, t, r, b in rects])
         return tiles.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 

@@ -100,3 +100,12 @@ class ExecutionOptions:
             net.to(memory_format=layout)
         model.execution = self
         return model
+
+
+def execution_options(cfg) -> ExecutionOptions:
+    """The run options of a composed config's ``execution`` node (conf/execution; the defaults where the config
+    has no such group)."""
+    from omegaconf import OmegaConf
+
+    node = cfg.get("execution")
+    return ExecutionOptions.from_config(None if node is None else OmegaConf.to_container(node, resolve=True))

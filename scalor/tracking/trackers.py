@@ -106,8 +106,8 @@ class BackfillTracker(Tracker):
         _check_copy_iou(self.copy_iou)
 
     def track(self, model: SCALOR, video: Tensor, schedule: Schedule, carry: Optional[Carry]) -> SequenceOutput:
-        out = model(video, schedule, carry=carry, track_only=True, deterministic=True)
-        back = model(video.flip(1), schedule, track_only=True, deterministic=True)
+        out = OnlineTracker().track(model, video, schedule, carry)
+        back = OnlineTracker().track(model, video.flip(1), schedule, None)
         table, extended = backfill(_table(out), _table(back).flip(), copy_iou=self.copy_iou)
         boxes, ids, presence = table.to_slots()
         return replace(out, boxes=boxes, ids=ids, presence=presence, counts=out.counts + extended.sum(1))
