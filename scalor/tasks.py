@@ -42,6 +42,7 @@ from scalor.summary import write_summary
 from scalor.tracking import Tracker
 from scalor.tracking.trackers import build_tracker
 from scalor.typecheck import check_types
+from scalor.warm_start import WarmStart, checkpoint_weights, warm_start
 
 TASKS = ("fit", "test", "track", "generate")
 # Set by Lightning's DDP launcher in the process that starts the workers (restored after each job).
@@ -76,6 +77,8 @@ def fit(cfg: DictConfig) -> Optional[float]:
     resumable_train_loader(datamodule, cfg.seed)
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
+    if cfg.get("init_from") and ckpt_path is None:  # a resumed fit has its weights in its checkpoint
+        report_warm_start(warm_start(module.model, cfg.init_from), cfg.paths.output_dir)
     trainer = build_trainer(cfg)
     log_config(trainer, cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -262,6 +265,12 @@ def check_config(cfg: DictConfig) -> Optional[str]:
 
         if not read_mot(gt, "ground-truth"):
             raise ConfigError(f"groundtruth={gt} has no rows; pass a MOTChallenge gt.txt.")
+    init_from = resolved.get("init_from")
+    if init_from is not None:
+        if task != "fit":
+            raise ConfigError(f"init_from={init_from} starts a fit from trained weights (this is task={task}); drop "
+                              "it, or pass the checkpoint as ckpt_path=PATH.")
+        checkpoint_weights(init_from)  # ConfigError for a missing or foreign file
     clip = resolved.get("train_seq_len")
     if clip is not None and not (isinstance(clip, int) and clip >= 1):
         raise ConfigError(f"train_seq_len={clip} must be a number of frames >= 1 (or null: whole sequences).")
@@ -509,6 +518,13 @@ def build_loggers(cfg: DictConfig) -> list:
             logger._wandb_init.pop("anonymous", None)  # deprecated; unset, wandb says nothing (run is still lazy)
         loggers.append(logger)
     return loggers
+
+
+@rank_zero_only
+def report_warm_start(started: WarmStart, folder: str) -> None:
+    """Print what ``init_from`` loaded and write it to ``<run folder>/init_from.json``."""
+    print(started.line(), flush=True)
+    started.save(folder)
 
 
 @rank_zero_only
