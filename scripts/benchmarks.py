@@ -41,6 +41,15 @@ TRACK = PAPER + ["data.batch_size=1", "bench.mode=track", "bench.steps=3"]
 CROWDED_CKPT = "bench.ckpt_path=<dsprites_crowded>"  # replaced by --crowded-ckpt or the newest such checkpoint
 CROWDED_TRACK = ["experiment=dsprites_crowded", "data.batch_size=1", "data.seq_len=10", "bench.mode=track",
                  "bench.steps=3"]
+# how the step grows with the objects per frame: dsprites_dense's model (128 px, 16x16 grid, 16 px glimpses) with
+# N sprites in every frame and a cap of N objects, every proposal kept (no presence threshold, no rejection), so
+# that fresh weights track exactly N objects in every frame (the JSON's mean_count)
+def scaling(n: int) -> list[str]:
+    return ["experiment=dsprites_dense", "data.batch_size=1", "data.seq_len=10", f"data.min_objects={n}",
+            f"data.max_objects={n}", f"model.max_num_obj={n}", "model.reject_duplicates=false",
+            "model.z_pres_disc_threshold=0.0", "model.explained_ratio_threshold=1.0", "bench.steps=3"]
+
+
 # (name, overrides, target as text, check on the result or None)
 CASES = [
     ("128px 8x8, 45 obj, glimpse 64, T10, B1, train", B1,
@@ -65,6 +74,8 @@ CASES = [
     ("dsprites_easy on 5-frame windows (its earlier 60-minute runs), T5, B8", EASY_T5 + ["bench.steps=5"],
      "(the earlier learning runs)", None),
     ("dsprites_easy 4x4, glimpse 32 (its earlier 60-minute run), T5, B8", EASY_4X4 + ["bench.steps=5"], "(the earlier learning run)", None),
+    *((f"scaling: 128px 16x16, glimpse 16, {n} obj, T10, B1, train", scaling(n), "(objects per frame)", None)
+      for n in (10, 50, 100)),
     ("128px 8x8, 45 obj, T10, B1, track (fresh weights)", TRACK, "(glimpse 64: every slot present)", None),
     ("same, track, skip_glimpse_below=0.1", TRACK + ["execution.skip_glimpse_below=0.1"], "(approximation)", None),
     ("dsprites_crowded track (128px 8x8, 60 obj, glimpse 16), T10, B1, its trained checkpoint",

@@ -15,26 +15,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scalor.errors import ScalorError  # noqa: E402
+from scalor.metrics.mot_files import read_mot  # noqa: E402
+
 DEFAULT_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 MISSING_VIDEO = "error: video not found: {} (OpenCV's sample vtest.avi comes with `apt-get install opencv-doc`)"
-
-
-def read_mot(path: Path) -> dict[int, list[tuple[int, float, float, float, float]]]:
-    boxes = defaultdict(list)
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        f = line.split(",")
-        if len(f) < 6:
-            raise ValueError(f"{path}:{n}: expected frame,id,x,y,w,h,...: {line!r}")
-        boxes[int(f[0])].append((int(f[1]), float(f[2]), float(f[3]), float(f[4]), float(f[5])))
-    return boxes
 
 
 def colour(tid: int) -> tuple[int, int, int]:
@@ -60,10 +53,10 @@ def draw(frame: np.ndarray, number: int, boxes, scale: float, grid: int) -> np.n
             if p < h:
                 cv2.line(img, (0, p), (w - 1, p), (200, 200, 200), 1)
                 label(img, str(v), (2, p - 2), (255, 255, 255), 0.35)
-    for tid, x, y, bw, bh in boxes:
+    for tid, (x0, y0, x1, y1) in boxes:
         col = colour(tid)
-        p0 = (int(round(x * scale)), int(round(y * scale)))
-        p1 = (int(round((x + bw) * scale)) - 1, int(round((y + bh) * scale)) - 1)
+        p0 = (int(round(x0 * scale)), int(round(y0 * scale)))
+        p1 = (int(round(x1 * scale)) - 1, int(round(y1 * scale)) - 1)
         cv2.rectangle(img, p0, p1, col, 1)
         label(img, str(tid), (p0[0], max(12, p0[1] - 3)), col, 0.45)
     label(img, f"frame {number}", (6, 20), (255, 255, 255), 0.6, 2)
@@ -85,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.video.is_file():
         print(MISSING_VIDEO.format(args.video), file=sys.stderr)
         return 2
-    if not args.mot.is_file():
-        print(f"MOT file not found: {args.mot}", file=sys.stderr)
+    try:
+        rows = read_mot(args.mot, "MOT")
+        boxes = {frame: sorted(zip(ids.tolist(), xyxy.tolist())) for frame, (ids, xyxy) in rows.items()}
+    except ScalorError as err:  # a missing or malformed file
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    boxes = read_mot(args.mot)
     wanted = set(args.frames) if args.frames else None
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -119,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         n += 1
         if (wanted is not None and n not in wanted) or (wanted is None and (n - 1) % args.every):
             continue
-        tiles.append((n, draw(frame, n, sorted(boxes.get(n, [])), args.scale, args.grid)))
+        tiles.append((n, draw(frame, n, boxes.get(n, []), args.scale, args.grid)))
         if len(tiles) == args.sheet:
             flush()
     flush()
