@@ -117,3 +117,9 @@ def test_benchmark_cases_compose_the_configurations_they_name():
             cfg = compose("bench", overrides=overrides)
             assert cfg.bench.device == "cuda", name
             assert cfg.execution.fixed_slots is ("fixed_slots=true" in name), name
+        for name, overrides, _, _ in script.CASES:
+            if name.startswith("scaling:"):  # N sprites in 128 px frames, 16x16 grid, 16 px glimpses, a cap of N
+                cfg = compose("bench", overrides=overrides)
+                n = int(name.split(" obj")[0].rsplit(" ", 1)[1])
+                assert (cfg.data.img_size, cfg.grid.num_cell_h, cfg.model.glimpse_size) == (128, 16, 16), name
+                assert cfg.data.min_objects == cfg.data.max_objects == cfg.model.max_num_obj == n, name
