@@ -99,9 +99,22 @@ def check_retired_model_keys(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def check_model_overrides(argv: list[str]) -> None:
+    """``model.<key>=<value>`` that conf/model's schema (scalor.model.SCALORConfig) rejects, a key that is no option
+    or a value of the wrong type: one line naming the key (Hydra alone would stop with several as it composes)."""
+    from scalor.model.config import check_overrides
+
+    try:
+        check_overrides(argv)
+    except ScalorError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     check_group_deletions(sys.argv[1:])
     check_retired_model_keys(sys.argv[1:])
+    check_model_overrides(sys.argv[1:])
     main()
     if JOBS["failed"]:
         failed = ", ".join(str(n) for n in JOBS["failed"])

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scalor.errors import ScalorError
 from scalor.model import SCALOR
+from scalor.model.config import check_overrides
 from scalor.model.execution import execution_options
 from scalor.summary import hardware
 from scalor.tracking import OnlineTracker
@@ -109,12 +110,10 @@ def run_bench(cfg: DictConfig) -> dict:
         raise ScalorError("bench.device=cuda but no CUDA GPU is visible: use bench.device=auto or bench.device=cpu.")
     device = torch.device("cuda" if b.device == "auto" and torch.cuda.is_available() else
                           "cpu" if b.device == "auto" else b.device)
-    # the model's own config check, as run.py does at startup (instantiate would wrap its error in Hydra's)
-    SCALOR.validate_config(**{k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-                              if k != "_target_"})
     execution = execution_options(cfg)
     torch.manual_seed(int(b.seed))
-    model = execution.apply(instantiate(cfg.model, _convert_="all"))
+    # built as the training module builds it (ConfigError for impossible settings; instantiate would wrap it)
+    model = execution.apply(SCALOR.from_config(OmegaConf.to_container(cfg.model, resolve=True)))
     if b.ckpt_path:
         load_weights(model, b.ckpt_path)
     model.to(device)
@@ -193,6 +192,7 @@ def run_bench(cfg: DictConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
     try:
+        check_overrides(overrides)  # one line for a model override that would not compose
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("bench", overrides=overrides)
         result = run_bench(cfg)

@@ -10,7 +10,6 @@ and imagines the rest from the priors. ``load_model`` rebuilds a SCALOR from a L
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 import os
@@ -27,7 +26,7 @@ from torch import Tensor
 
 from scalor.errors import ConfigError, DataError, ScalorError
 from scalor.launch import read_checkpoint
-from scalor.model import PRESENCE_THRESHOLD, SCALOR
+from scalor.model import PRESENCE_THRESHOLD, SCALOR, SCALORConfig
 from scalor.model.config import upgrade_saved_config
 from scalor.model.execution import ExecutionOptions
 from scalor.schedules import Schedule
@@ -320,10 +319,10 @@ def model_weights(state_dict: Mapping) -> dict:
 
 def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu",
                execution: ExecutionOptions | Mapping | None = None) -> SCALOR:
-    """Rebuild SCALOR from a Lightning checkpoint: ``hyper_parameters['model']`` (SCALOR kwargs, ``_target_``
-    allowed; options removed since the checkpoint was written are dropped where they were off, and the run and
-    tracking options that older checkpoints saved there are dropped, see
-    :func:`scalor.model.config.upgrade_saved_config`) and the
+    """Rebuild SCALOR from a Lightning checkpoint: ``hyper_parameters['model']`` (the options of
+    :class:`~scalor.model.SCALORConfig`, ``_target_`` allowed, a missing one at its default; options removed
+    since the checkpoint was written are dropped where they were off, and the run and tracking options that
+    older checkpoints saved there are dropped, see :func:`scalor.model.config.upgrade_saved_config`) and the
     ``model.``-prefixed weights of ``state_dict``, run with ``execution`` (the execution group's options; None:
     the defaults). Returns the model in eval mode.
 
@@ -348,8 +347,7 @@ def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = 
                           "SCALOR settings; was it written by scalor's training (task=fit)?")
     cfg = upgrade_saved_config(cfg, f"checkpoint {path} was")  # options removed since: off, or a ConfigError
     kwargs = {str(k): v for k, v in cfg.items() if not str(k).startswith("_")}
-    accepted = set(inspect.signature(SCALOR.__init__).parameters) - {"self"}
-    unknown = sorted(set(kwargs) - accepted)
+    unknown = sorted(set(kwargs) - set(SCALORConfig.keys()))
     if unknown:
         raise ScalorError(f"checkpoint {path} has model settings this version does not know: {unknown}; "
                           "load it with the scalor version that trained it.")
@@ -363,7 +361,7 @@ def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = 
     weights = model_weights(state)
     if not weights:
         raise ScalorError(f"checkpoint {path} has no model weights (no state_dict key starts with 'model.').")
-    model = SCALOR(**kwargs)  # ConfigError for impossible settings
+    model = SCALOR.from_config(kwargs)  # ConfigError for impossible settings
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:

@@ -35,9 +35,10 @@ def _build(spec: Mapping | None, default: Callable[..., Any]) -> Any:
 class SCALORLitModule(L.LightningModule):
     """Trains SCALOR on batches ``{"video": (B, T, 3, H, W), ["boxes", "ids"]}``.
 
-    model: the model config (conf/model/scalor.yaml with the grid and image size filled in), saved in the
-    checkpoint so that ``load_from_checkpoint`` rebuilds the same network (an older checkpoint's options that no
-    longer exist are dropped where they were off: :func:`scalor.model.config.upgrade_saved_config`). curriculum:
+    model: the model options as a plain mapping (:class:`scalor.model.SCALORConfig`'s fields, as conf/model
+    composes them, ``_target_`` allowed), saved in the checkpoint so that ``load_from_checkpoint`` rebuilds the
+    same network (an older checkpoint's options that no longer exist are dropped where they were off:
+    :func:`scalor.model.config.upgrade_saved_config`). curriculum:
     the schedule parameters (conf/curriculum). optimizer / scheduler: Hydra ``_partial_`` factories, called with
     the parameters / the optimiser (default: RMSprop, lr 4e-5, no scheduler). seed: with the global step, it
     reseeds torch's generator before every training step (exact resume, see scalor/resume.py). train_seq_len: train
@@ -75,7 +76,7 @@ class SCALORLitModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "execution", "tracker", "fit_val_tracker"],
                                   logger=False)
         self.execution = ExecutionOptions.from_config(execution)
-        self.model: SCALOR = self.execution.apply(_build(model, SCALOR))
+        self.model: SCALOR = self.execution.apply(SCALOR.from_config(model))
         self.curriculum: Curriculum = _build(curriculum, Curriculum)
         self.optimizer_factory = optimizer or partial(torch.optim.RMSprop, lr=4e-5)
         self.scheduler_factory = scheduler

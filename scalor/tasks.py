@@ -33,7 +33,7 @@ from scalor.console import quiet_console
 from scalor.errors import ConfigError, ScalorError
 from scalor.launch import monitor_choice, read_checkpoint, use_job_command_for_ddp_workers
 from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule
-from scalor.model import SCALOR
+from scalor.model import SCALORConfig
 from scalor.model.config import MOVED_OUT_OF_MODEL, moved_out_of_model, upgrade_saved_config
 from scalor.model.execution import ExecutionOptions, execution_options
 from scalor.resume import resumable_train_loader
@@ -241,7 +241,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     moved = [key for key in model if key in MOVED_OUT_OF_MODEL]
     if moved:  # an experiment file of before the tracker group
         raise ConfigError(moved_out_of_model(moved[0], model[moved[0]]))
-    SCALOR.validate_config(**model)
+    SCALORConfig.from_mapping(model)  # ConfigError for a key that is no option and for impossible settings
     ExecutionOptions.from_config(resolved.get("execution"))  # ConfigError for impossible run options
     data = resolved["data"]
     observe = resolved.get("observe_frames")
@@ -300,7 +300,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
         saved = upgrade_saved_config(saved, f"ckpt_path={ckpt_path} was")  # options removed since: off, or an error
         # fit/test build the model from this config; generate runs the checkpoint's model on this data, so only
         # the image size must agree; track resizes the video to the checkpoint's image size.
-        keys = {"fit": sorted(set(saved) | set(resolved["model"])), "generate": ["img_size"], "track": []}
+        keys = {"fit": sorted((set(saved) | set(model)) - {"_target_"}), "generate": ["img_size"], "track": []}
         for key in keys.get(task, keys["fit"]):
             if saved.get(key) == resolved["model"].get(key):
                 continue

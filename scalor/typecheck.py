@@ -1,7 +1,8 @@
 """Config values checked against the type hints of what they configure, before anything is built.
 
 Every node of the resolved config with a ``_target_`` (the data module, the Trainer and its strategy, callbacks,
-loggers, the model, the optimiser ...) is matched against the signature of its target: a value whose type the
+loggers, the optimiser ...) is matched against the signature of its target (the model's options are typed by
+their dataclass, :class:`scalor.model.SCALORConfig`, which Hydra checks as it composes): a value whose type the
 parameter's annotation cannot take ends the run with one line naming the key, the value and the expected type.
 Only plain annotations are judged (numbers, booleans, strings, None, literals, lists, mappings and unions of
 them); a parameter that also takes other objects (a Strategy, a timedelta ...) is left to its target.
@@ -49,24 +50,25 @@ def _check_node(node: Mapping, key: str) -> None:
     for name, value in node.items():
         if name.startswith("_") or name not in hints or isinstance(value, Mapping) and "_target_" in value:
             continue
-        verdict = _accepts(value, hints[name])
+        verdict = accepts(value, hints[name])
         if verdict is False:
             where = f"{key}.{name}" if key else name
-            expected = _expected(hints[name])
-            fix = expected if len(expected) <= 40 else "one of those"
+            takes = expected(hints[name])
+            fix = takes if len(takes) <= 40 else "one of those"
             raise ConfigError(f"{where}={_show(value)} has the wrong type: {node['_target_'].split('.')[-1]}'s "
-                              f"{name} takes {expected}; set {where} to {fix}.")
+                              f"{name} takes {takes}; set {where} to {fix}.")
 
 
-def _accepts(value: Any, hint: Any) -> bool | None:
-    """True / False where the hint is plain enough to judge, None where it also takes other objects."""
+def accepts(value: Any, hint: Any) -> bool | None:
+    """Whether ``hint`` takes ``value``: True / False where the hint is plain enough to judge, None where it also
+    takes other objects."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return None
     if origin is typing.Literal:
         return value in args and not (isinstance(value, bool) and True not in args and False not in args)
     if origin in (typing.Union, types.UnionType):
-        verdicts = [_accepts(value, arg) for arg in args]
+        verdicts = [accepts(value, arg) for arg in args]
         return True if True in verdicts else (None if None in verdicts else False)
     base = origin or hint
     if base in (Sequence, list, tuple):
@@ -82,11 +84,12 @@ def _accepts(value: Any, hint: Any) -> bool | None:
     return isinstance(value, base)
 
 
-def _expected(hint: Any) -> str:
+def expected(hint: Any) -> str:
+    """What ``hint`` takes, in words ("a number", "true or false", "one of 16, 32, 64")."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):  # the literals of every member together, then the other types
         literals = [a for arg in args if typing.get_origin(arg) is typing.Literal for a in typing.get_args(arg)]
-        others = [_expected(arg) for arg in args if typing.get_origin(arg) is not typing.Literal]
+        others = [expected(arg) for arg in args if typing.get_origin(arg) is not typing.Literal]
         parts = ([_one_of(literals)] if literals else []) + others
         return " or ".join(dict.fromkeys(parts))
     if origin is typing.Literal:

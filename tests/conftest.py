@@ -15,6 +15,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
+import scalor  # noqa: E402,F401  (registers conf/model's schema and the ${scalor.*} resolvers before any compose)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 

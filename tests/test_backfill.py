@@ -116,7 +116,7 @@ def test_backfill_tracker_keeps_the_forward_tracks_and_adds_only_earlier_boxes()
     added lies before a track's first frame, with a box of the backward pass in that frame; the carry is the
     forward pass's; the model is left as it was (train mode, no gradients recorded)."""
     torch.manual_seed(0)
-    m = SCALOR(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=8)
+    m = SCALOR.from_config(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=8)
     video = torch.rand(2, 6, 3, 64, 64)
     out = BackfillTracker()(m, video, Schedule())
     assert m.training and not out.boxes.requires_grad
@@ -151,7 +151,7 @@ def test_backfill_tracker_extends_a_late_track_with_the_reversed_pass(monkeypatc
     tracker reports the late track from frame 0 with the backward boxes, under its forward ID, and counts it;
     copy_iou reaches backfill."""
     torch.manual_seed(0)
-    m = SCALOR(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=8)
+    m = SCALOR.from_config(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=8)
     video = torch.rand(1, 5, 3, 64, 64)
     fwd = table([{t: box(0.1, 0.1) for t in range(5)}, {t: box(0.5, 0.5) for t in (3, 4)}], 5, ids=[1, 2])
     # the backward track runs onto track 1 at frames 0-1 (box IoU 0.82 with it)

@@ -74,7 +74,6 @@ def test_track_of_a_checkpoint_file_is_named_after_its_experiment(compose_cfg, t
 TYPE_ERRORS = {
     "trainer.max_steps=abc": "trainer.max_steps=abc has the wrong type: Trainer's max_steps takes a whole number",
     "data.batch_size=1.5": "data.batch_size=1.5 has the wrong type: DSpritesDataModule's batch_size takes a whole",
-    "model.conv_lstm=maybe": "model.conv_lstm=maybe has the wrong type: SCALOR's conv_lstm takes true or false",
     "trainer.precision=33": "trainer.precision=33 has the wrong type: Trainer's precision takes one of 64, 32",
     "callbacks.best_checkpoint.save_top_k=all": "callbacks.best_checkpoint.save_top_k=all has the wrong type",
     "curriculum.tau_end=x": "curriculum.tau_end=x has the wrong type: Curriculum's tau_end takes a number",
@@ -93,6 +92,55 @@ def test_values_the_hints_take_pass(compose_cfg):
     for override in ("trainer.max_time=00:00:01:00", "trainer.precision=bf16-mixed", "trainer.devices=auto",
                      "data.batch_size=3", "model.sigma=1", "trainer.val_check_interval=0.5"):
         check_config(compose_cfg(override))
+
+
+def test_the_model_options_default_to_the_fields_of_their_dataclass(compose_cfg):
+    """conf/model composes SCALORConfig's defaults: with no experiment and no override, every option but the image
+    size and the grid (interpolated from the data and grid groups) is the dataclass field's default, and the yaml
+    writes nothing else."""
+    from scalor.model import SCALORConfig
+
+    cfg = compose_cfg("~experiment", tiny=False)
+    composed = OmegaConf.to_container(cfg.model, resolve=True)
+    assert composed.pop("_target_") == "scalor.model.SCALOR.from_config"
+    interpolated = {"img_size": cfg.data.img_size, "num_cell_h": cfg.grid.num_cell_h, "num_cell_w": cfg.grid.num_cell_w}
+    assert composed == {**SCALORConfig().to_dict(), **interpolated}
+    assert set(OmegaConf.load(CONF / "model" / "scalor.yaml")) == {"defaults", "_target_", *interpolated}
+    assert isinstance(instantiate(cfg.model, _convert_="all").config, SCALORConfig)  # as the yaml's _target_ builds it
+
+
+def test_model_overrides_are_type_checked_as_the_config_composes(compose_cfg):
+    from hydra.errors import ConfigCompositionException
+
+    from scalor.model.config import check_overrides
+
+    assert compose_cfg("model.sigma=1").model.sigma == 1.0  # a whole number is a number
+    for override in ("model.sigma=abc", "model.conv_lstm=maybe", "model.glimpse_size=1.5", "model.foo=1"):
+        with pytest.raises(ConfigCompositionException):
+            compose_cfg(override)
+    with pytest.raises(ConfigError) as err:  # the command line's check before Hydra composes (run.py, bench)
+        check_overrides(["trainer.max_steps=abc", "model.sigma=0.1,abc"])  # each choice of a sweep
+    assert str(err.value) == "model.sigma=abc has the wrong type: it takes a number; set model.sigma to a number."
+    check_overrides(["model.sigma=interval(0.05,0.2)", "model.box_source=where", "~model.sigma", "model=scalor"])
+    with pytest.raises(ConfigError) as err:  # added with +: the config check names it
+        check_config(compose_cfg("+model.foo=1"))
+    assert str(err.value).startswith("model.foo is not a model option; the options are img_size, num_cell_h")
+
+
+MODEL_CLI = {"model.sigma=abc": "error: model.sigma=abc has the wrong type: it takes a number; set model.sigma to a "
+                                "number.",
+             "model.foo=1": "error: model.foo is not a model option; the options are img_size, num_cell_h, "}
+
+
+@pytest.mark.parametrize("override", list(MODEL_CLI))
+def test_cli_model_override_of_the_wrong_type_or_no_option_is_one_line_and_exit_2(tmp_path, override):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "run.py", f"paths.output_root={tmp_path / 'out'}", override], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(MODEL_CLI[override]), proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("grid", ["4x4", "8x8", "16x16"])
@@ -296,13 +344,14 @@ def test_execution_options_are_applied_and_not_saved_with_the_model(compose_cfg)
 
 def _old_checkpoint(cfg, path) -> None:
     """A checkpoint as `python run.py experiment=...` wrote it before the removed model options went and before
-    the run options moved to the execution group and the tracking options to the tracker group: its saved model
-    config has the removed ones at their defaults (off), run options and tracking options (dsprites_easy's);
-    the weights are the module's of ``cfg``."""
+    the run options moved to the execution group and the tracking options to the tracker group, and before the
+    model took a SCALORConfig: its saved model config has the removed ones at their defaults (off), run options and
+    tracking options (dsprites_easy's), and the class as its _target_; the weights are the module's of ``cfg``."""
     from scalor.tasks import build_module
 
     module = build_module(cfg)
-    hparams = {**module.hparams, "model": {**module.hparams["model"], **OLD_OFF, **OLD_EXECUTION, **OLD_TRACKING}}
+    hparams = {**module.hparams, "model": {**module.hparams["model"], "_target_": "scalor.model.SCALOR", **OLD_OFF,
+                                           **OLD_EXECUTION, **OLD_TRACKING}}
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "global_step": 7, "epoch": 0,
                 "pytorch-lightning_version": L.__version__}, path)
 

@@ -10,6 +10,8 @@ import pytest
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from scalor.model import SCALORConfig
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SPRITE_EXPERIMENTS = ["dsprites_easy", "dsprites_crowded", "dsprites_dense", "dsprites_discovery",
                       "dsprites_background", "mnist_crowded"]
@@ -85,8 +87,7 @@ def test_experiment_files_override_known_keys(name, tmp_path):
     assert overrides["override /grid"] in ("4x4", "8x8", "16x16")
     if (CONF / "grid").is_dir():
         assert (CONF / "grid" / f"{overrides['override /grid']}.yaml").is_file()
-    model = OmegaConf.load(CONF / "model" / "scalor.yaml")
-    assert set(exp["model"]) <= set(model), set(exp["model"]) - set(model)
+    assert set(exp["model"]) <= set(SCALORConfig.keys()), set(exp["model"]) - set(SCALORConfig.keys())
     dm = make_dm(source, tmp_path, **exp.get("data", {}))  # struct merge: unknown data keys fail here
     assert dm.img_size in (64, 128)
     if name == "grand_central":
@@ -102,7 +103,7 @@ def test_experiment_box_anchors_reach_the_sprites(name, tmp_path):
     model.box_source=where the glimpse box is the reported box and must be able to fit each object; with mask
     (boxes of the drawn pixels) a glimpse box only has to be able to contain the object."""
     _, exp = _experiment(name)
-    model = OmegaConf.merge(OmegaConf.load(CONF / "model" / "scalor.yaml"), exp["model"])
+    model = SCALORConfig.from_mapping(exp["model"])  # the experiment's options over the defaults
     dm = make_dm(exp["defaults"][0]["override /data"], tmp_path, **exp.get("data", {}))
     boxes = np.array([s.mask.shape for i in range(4) for s in dm.make_scene("train", i).sprites], float)  # (h, w)
     size, ratio = np.sqrt(boxes.prod(1)) / dm.img_size, boxes[:, 0] / boxes[:, 1]

@@ -32,7 +32,7 @@ def tiny_model(seed: int = 0, pres_bias: float = 0.5) -> SCALOR:
     The bias stays moderate: saturated presences tie at exactly 1 and the cap then keeps none of them.
     """
     torch.manual_seed(seed)
-    model = SCALOR(**TINY)
+    model = SCALOR.from_config(**TINY)
     with torch.no_grad():
         model.discovery.proposal.pres_head[-1].bias.fill_(pres_bias)
     return model

@@ -1,12 +1,13 @@
 """SCALOR model core: shapes, parameter counts, gradients, rendering, discovery, compaction, IDs."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from scalor.errors import ConfigError
-from scalor.model import SCALOR, ExecutionOptions, Schedule
+from scalor.model import SCALOR, ExecutionOptions, SCALORConfig, Schedule
 from scalor.model.discovery import Discovery
 from scalor.model.distributions import kl_bernoulli, kl_normal
 from scalor.model.encoders import GlimpseDecoder, GlimpseEncoder
@@ -26,7 +27,7 @@ def tiny(**kw):
     base = dict(img_size=64, num_cell_h=4, num_cell_w=4, max_num_obj=6, glimpse_size=16)
     base.update(kw)
     run = {key: base.pop(key) for key in ExecutionOptions.keys() if key in base}
-    return ExecutionOptions(**run).apply(SCALOR(**base))
+    return ExecutionOptions(**run).apply(SCALOR.from_config(**base))
 
 
 @pytest.mark.parametrize("kw,expected", [
@@ -39,7 +40,7 @@ def tiny(**kw):
     ({"no_background": True}, 2_387_287),
 ])
 def test_parameter_counts_match_spec(kw, expected):
-    assert params(SCALOR(**kw)) == expected
+    assert params(SCALOR.from_config(**kw)) == expected
 
 
 @pytest.mark.parametrize("kw", [
@@ -63,7 +64,7 @@ def test_shapes_and_finiteness(kw):
     kw.setdefault("glimpse_size", 16)
     kw.setdefault("max_num_obj", 12)
     torch.manual_seed(0)
-    m = SCALOR(**kw)
+    m = SCALOR.from_config(**kw)
     h = kw["img_size"]
     out = m(torch.rand(2, 3, 3, h, h), Schedule())
     assert out.recon.shape == (2, 3, 3, h, h)
@@ -339,7 +340,7 @@ def test_fresh_weights_saturate_the_cap_and_noise_likelihood():
     """docs/model.md §10: with fresh weights the count saturates at max_num_obj by t = 1-3, and the
     per-frame log-likelihood of uniform noise at 128 px is about -1.8e5."""
     torch.manual_seed(0)
-    m = SCALOR(glimpse_size=16)
+    m = SCALOR.from_config(glimpse_size=16)
     with torch.no_grad():
         out = m(torch.rand(1, 4, 3, 128, 128), Schedule())
     assert 15 <= int(out.counts[0, 0]) <= 45
@@ -449,8 +450,40 @@ def test_importance_weighted_nll_is_finite():
     (dict(duplicate_min_iou=1.5), "duplicate_min_iou"),
 ])
 def test_impossible_configs_raise_one_clear_error(kw, key):
-    with pytest.raises(ConfigError, match=key):
-        SCALOR.validate_config(**kw)
+    with pytest.raises(ConfigError, match=key) as err:
+        SCALORConfig(**kw)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(sigma="abc"), "model.sigma=abc has the wrong type: it takes a number; set model.sigma to a number."),
+    (dict(conv_lstm="maybe"), "model.conv_lstm=maybe has the wrong type: it takes true or false"),
+    (dict(max_num_obj=4.5), "model.max_num_obj=4.5 has the wrong type: it takes a whole number"),
+    (dict(glimpse_size=True), "model.glimpse_size=true has the wrong type: it takes a whole number"),
+])
+def test_a_value_of_the_wrong_type_is_one_clear_error(kw, message):
+    with pytest.raises(ConfigError) as err:
+        SCALORConfig(**kw)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_the_model_is_built_from_its_config():
+    """SCALOR takes a SCALORConfig (model.config); from_config builds one from a mapping of options, Hydra's
+    _target_ left out, a missing option at its default, a key that is no option one error line naming it."""
+    config = SCALORConfig(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=6, sigma=0.2)
+    m = SCALOR(config)
+    assert m.config is config and m.img_hw == (64, 64) and m.grid == (4, 4) and m.sigma == 0.2
+    assert SCALOR.from_config({"_target_": "scalor.model.SCALOR", **config.to_dict()}).config == config
+    assert SCALOR.from_config(config, sigma=0.3).config == SCALORConfig(**{**config.to_dict(), "sigma": 0.3})
+    assert SCALORConfig.from_mapping({}) == SCALORConfig()
+    with pytest.raises(ConfigError) as err:
+        SCALORConfig.from_mapping({"img_size": 64, "foo": 1})
+    assert str(err.value).startswith("model.foo is not a model option; the options are img_size, num_cell_h")
+    assert "\n" not in str(err.value)
+    with pytest.raises(TypeError, match="SCALORConfig"):
+        SCALOR({"img_size": 64})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.sigma = 0.5
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -473,9 +506,7 @@ def test_impossible_execution_options_raise_one_clear_error(kw, message):
 def test_run_options_are_not_model_options():
     """The execution group's options are applied to a built model, never passed to SCALOR: a model starts with
     the defaults, and applying other options and then the defaults again gives the default model back."""
-    import inspect
-
-    assert not set(ExecutionOptions.keys()) & set(inspect.signature(SCALOR.__init__).parameters)
+    assert not set(ExecutionOptions.keys()) & set(SCALORConfig.keys())
     m = tiny()
     assert m.execution == ExecutionOptions()
     assert (m.channels_last, m.fixed_slots, m.compile, m.skip_glimpse_below) == (True, "auto", False, 0.0)
@@ -492,7 +523,8 @@ def test_run_options_are_not_model_options():
 
 @pytest.mark.parametrize("center_range", [1.0, 0.5])
 def test_discovered_centres_stay_within_center_range_of_their_cell(center_range):
-    model = SCALOR(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=4, center_range=center_range)
+    model = SCALOR.from_config(img_size=64, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=4,
+                               center_range=center_range)
     raw = torch.zeros(1, 16, 4)
     raw[..., 2:] = torch.tensor([-1e3, 1e3]).repeat(8)[None, :, None].reshape(1, 16, 1)  # saturated offsets
     box = model.discovery.decode_where(raw)

@@ -18,9 +18,8 @@ TERMS = ("log_like", "kl_what", "kl_where", "kl_depth", "kl_pres", "kl_bg")
 
 
 def build(cfg):
-    return SCALOR(img_size=cfg["img_size"], num_cell_h=cfg["num_cell_h"], num_cell_w=cfg["num_cell_w"],
-                  max_num_obj=cfg["max_num_obj"], glimpse_size=cfg["glimpse_size"], conv_lstm=cfg["conv_lstm"],
-                  bg_decoder=cfg["bg_decoder"], sigma=cfg["sigma"])
+    return SCALOR.from_config({key: cfg[key] for key in ("img_size", "num_cell_h", "num_cell_w", "max_num_obj",
+                                                         "glimpse_size", "conv_lstm", "bg_decoder", "sigma")})
 
 
 def load(name):

@@ -75,7 +75,7 @@ def test_pick_reports_the_direction_with_the_lower_negative_elbo(monkeypatch):
     """Sequence 0: the backward pass holds two sprites the forward pass took as one and has the better ELBO, so
     its tracks (and IDs) are reported; sequence 1: the forward pass is better and is reported as it is."""
     torch.manual_seed(0)
-    m = SCALOR(**TINY).eval()
+    m = SCALOR.from_config(**TINY).eval()
     video = torch.rand(2, 4, 3, 64, 64)
     one = {t: box(0.1 + 0.02 * t, 0.1) for t in range(4)}
     fwd = table([[one, {}], [one, {t: box(0.5, 0.5) for t in range(4)}]], 4, ids=[1, 2])
@@ -92,7 +92,7 @@ def test_pick_backfills_each_direction_from_the_other(monkeypatch):
     """With backfill, the forward pass's late track is extended back along the backward track before the
     choice: the forward pass (better ELBO) reports both sprites from frame 0."""
     torch.manual_seed(0)
-    m = SCALOR(**TINY).eval()
+    m = SCALOR.from_config(**TINY).eval()
     video = torch.rand(1, 5, 3, 64, 64)
     fwd = table([[{t: box(0.1, 0.1) for t in range(5)}, {t: box(0.5, 0.5) for t in (3, 4)}]], 5, ids=[1, 2])
     bwd = table([[{t: box(0.1, 0.1) for t in range(5)}, {t: box(0.5 - 0.02 * (4 - t), 0.5) for t in range(5)}]], 5,
@@ -109,7 +109,7 @@ def test_pick_matches_the_chosen_track_only_pass():
     """Untrained model, real passes: every sequence reports exactly the tracks of the track-only pass of the
     direction whose full pass has the lower negative ELBO (the reversed pass's in forward time)."""
     torch.manual_seed(0)
-    m = SCALOR(**TINY).eval()
+    m = SCALOR.from_config(**TINY).eval()
     with torch.no_grad():
         m.discovery.proposal.pres_head[-1].bias.fill_(0.5)
     video = torch.rand(3, 5, 3, 64, 64)
@@ -147,7 +147,7 @@ def test_config_checks():
 def test_pick_takes_whole_sequences_and_streams_with_backfill_or_online():
     """A carry is refused (window after window there is no whole sequence); its streaming tracker backfills each
     window (with the pick's copy_iou) or tracks online."""
-    m = SCALOR(**TINY)
+    m = SCALOR.from_config(**TINY)
     video = torch.rand(1, 2, 3, 64, 64)
     first = OnlineTracker()(m, video, Schedule())
     with pytest.raises(ValueError, match="whole sequences"):
@@ -161,7 +161,7 @@ def test_streaming_a_pick_tracker_tracks_forwards_window_after_window(tmp_path, 
     """track_video with a PickTracker streams by its streaming tracker: IDs carry from window to window and no
     pick runs."""
     torch.manual_seed(0)
-    m = SCALOR(**TINY)
+    m = SCALOR.from_config(**TINY)
     seen, carries = [], []
     real_pick, real_fill = PickTracker.track, BackfillTracker.track
     monkeypatch.setattr(PickTracker, "track", lambda *a, **k: seen.append(1) or real_pick(*a, **k))
@@ -196,7 +196,7 @@ def test_pick_over_views_matches_the_chosen_pass():
     """Untrained model, real passes, views=8: every sequence reports the tracks of the one of the 16 passes
     (8 views x 2 directions) with the lowest negative ELBO, boxes mapped back to the frames as they are."""
     torch.manual_seed(0)
-    m = SCALOR(**TINY).eval()
+    m = SCALOR.from_config(**TINY).eval()
     with torch.no_grad():
         m.discovery.proposal.pres_head[-1].bias.fill_(0.5)
     video = torch.rand(4, 4, 3, 64, 64)

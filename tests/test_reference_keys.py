@@ -219,8 +219,8 @@ def _cfg_id(cfg) -> str:
 
 def _model(cfg) -> SCALOR:
     img, grid, glimpse, lstm, bg = cfg
-    return SCALOR(img_size=img, num_cell_h=grid, num_cell_w=grid, glimpse_size=glimpse, max_num_obj=10,
-                  conv_lstm=lstm, bg_decoder="upsample" if bg == "none" else bg, no_background=bg == "none")
+    return SCALOR.from_config(img_size=img, num_cell_h=grid, num_cell_w=grid, glimpse_size=glimpse, max_num_obj=10,
+                              conv_lstm=lstm, bg_decoder="upsample" if bg == "none" else bg, no_background=bg == "none")
 
 
 def _numel(shapes) -> int:

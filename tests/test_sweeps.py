@@ -78,7 +78,7 @@ def test_sweep_folders_differ_within_one_second():
 def test_multirun_failing_job_is_reported_and_the_other_finishes(tmp_path, data_dir):
     proc = run_py(tmp_path, data_dir, "model.sigma=-1,0.1", "trainer.fast_dev_run=true")
     assert proc.returncode == 1, proc.stderr[-3000:]  # the sweep ran to its end, then reports the failure
-    assert "error: job 0: model.sigma=-1 must be > 0" in proc.stderr
+    assert "error: job 0: model.sigma=-1.0 must be > 0" in proc.stderr  # typed: the number is a float
     assert "error: 1 of 2 jobs failed (job 0" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout.count("task=fit finished") == 1 and "model.sigma=0.1" in job_overrides(sweep_dir(tmp_path) / "1")
 

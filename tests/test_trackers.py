@@ -8,7 +8,8 @@ import inspect
 import pytest
 import torch
 
-from scalor.model import SCALOR, Schedule
+from scalor.errors import ConfigError
+from scalor.model import SCALOR, SCALORConfig, Schedule
 from scalor.model.config import MOVED_OUT_OF_MODEL
 from scalor.tracking import BackfillTracker, OnlineTracker, PickTracker, evaluating
 
@@ -20,7 +21,7 @@ TRACKERS = [OnlineTracker(), BackfillTracker(), PickTracker(), PickTracker(views
 
 def tiny_model(seed: int = 0) -> SCALOR:
     torch.manual_seed(seed)
-    model = SCALOR(**TINY)
+    model = SCALOR.from_config(**TINY)
     with torch.no_grad():
         model.discovery.proposal.pres_head[-1].bias.fill_(0.5)  # it finds (and keeps) objects
     return model
@@ -36,14 +37,13 @@ def pad_cat(a: torch.Tensor, b: torch.Tensor, fill) -> torch.Tensor:
 def test_the_model_has_no_tracking_options():
     """Tracking, test and generation options are no model options or attributes; deterministic is a call
     argument."""
-    params = set(inspect.signature(SCALOR.__init__).parameters)
-    assert not params & set(MOVED_OUT_OF_MODEL)
-    m = SCALOR(**TINY)
+    assert not set(SCALORConfig.keys()) & set(MOVED_OUT_OF_MODEL)
+    m = SCALOR.from_config(**TINY)
     assert not [key for key in MOVED_OUT_OF_MODEL if hasattr(m, key)]
     assert not hasattr(m, "track_picked") and not hasattr(m, "track_backfilled") and not hasattr(m, "_run")
     assert "deterministic" in inspect.signature(SCALOR.forward).parameters
-    with pytest.raises(TypeError):
-        SCALOR(**TINY, backfill=True)
+    with pytest.raises(ConfigError, match="model.backfill is not a model option"):
+        SCALOR.from_config(**TINY, backfill=True)
 
 
 def test_deterministic_is_a_call_argument():

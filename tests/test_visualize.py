@@ -23,7 +23,7 @@ T, H = 3, 64
 
 def tiny_model() -> SCALOR:
     torch.manual_seed(0)
-    model = SCALOR(img_size=H, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=6)
+    model = SCALOR.from_config(img_size=H, num_cell_h=4, num_cell_w=4, glimpse_size=16, max_num_obj=6)
     with torch.no_grad():
         model.discovery.proposal.pres_head[-1].bias.fill_(0.5)  # an untrained model that finds objects
     return model

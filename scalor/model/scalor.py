@@ -4,15 +4,17 @@ likelihood and compaction into the next :class:`ObjectState`."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import ConfigError
 from ..schedules import Schedule
 from .background import Background
+from .config import SCALORConfig
 from .discovery import Discovery, DiscoveryStep
 from .execution import ExecutionOptions
 from .distributions import EPS, clamp_st, normal_log_prob
@@ -22,12 +24,7 @@ from .render import (BoxCoder, Windows, boxes_to_xyxy, extract, gather_windows, 
                      window_size)
 from .state import Carry, ObjectState, SequenceOutput
 
-GLIMPSE_SIZES = (16, 32, 64)
 CURRICULUM_ALPHA = 0.9  # docs/model.md §4.5
-
-
-def _pow2(x: int) -> bool:
-    return x > 0 and (x & (x - 1)) == 0
 
 
 @dataclass
@@ -42,49 +39,40 @@ class _Composite:
 class SCALOR(nn.Module):
     """Generative world model with scalable object representations.
 
-    forward(video (B,T,3,H,W) in [0,1], schedule) -> SequenceOutput. Layers are derived from
+    Built from a :class:`SCALORConfig` (``model.config``; :meth:`from_config` builds one from a mapping of
+    options). forward(video (B,T,3,H,W) in [0,1], schedule) -> SequenceOutput. Layers are derived from
     (img_size, num_cell_h, num_cell_w, glimpse_size); at the reference's sizes the parameter names
     and counts match it (docs/model.md §3.12).
     """
 
-    def __init__(self, img_size: int = 128, num_cell_h: int = 8, num_cell_w: int = 8, glimpse_size: int = 64,
-                 max_num_obj: int = 45, conv_lstm: bool = True, bg_decoder: str = "upsample",
-                 no_background: bool = False, sigma: float = 0.1, size_anc: float = 0.1, var_s: float = 0.03,
-                 ratio_anc: float = 2.5, var_anc: float = 0.5, explained_ratio_threshold: float = 0.3,
-                 z_pres_disc_threshold: float = 0.7, gen_disc_pres_probs: float = 0.1,
-                 double_softplus_what_std: bool = True, kl_weight_pre_rejection: bool = True,
-                 box_source: str = "mask", center_range: float = 1.0, reject_duplicates: bool = False,
-                 duplicate_min_iou: float = 0.0, z_what_dim: int = 64):
+    def __init__(self, config: SCALORConfig):
         super().__init__()
-        self.validate_config(img_size=img_size, num_cell_h=num_cell_h, num_cell_w=num_cell_w,
-                             glimpse_size=glimpse_size, max_num_obj=max_num_obj, bg_decoder=bg_decoder, sigma=sigma,
-                             size_anc=size_anc, var_s=var_s, ratio_anc=ratio_anc, var_anc=var_anc,
-                             explained_ratio_threshold=explained_ratio_threshold,
-                             z_pres_disc_threshold=z_pres_disc_threshold, gen_disc_pres_probs=gen_disc_pres_probs,
-                             box_source=box_source, center_range=center_range, duplicate_min_iou=duplicate_min_iou,
-                             z_what_dim=z_what_dim)
-        self.img_hw = (img_size, img_size)
-        self.grid = (num_cell_h, num_cell_w)
-        self.glimpse_size = glimpse_size
-        self.max_num_obj = max_num_obj
-        self.z_what_dim = z_what_dim
-        self.sigma = sigma
-        self.z_pres_disc_threshold = z_pres_disc_threshold
-        self.no_background = no_background
-        self.box_source = box_source
-        boxes = BoxCoder(size_anc, var_s, ratio_anc, var_anc)
-        self.win_hw = window_size(*boxes.max_scale, glimpse_size, self.img_hw)
+        if not isinstance(config, SCALORConfig):
+            raise TypeError(f"SCALOR takes a SCALORConfig, not a {type(config).__name__}; SCALOR.from_config builds "
+                            "one from a mapping of options.")
+        c = self.config = config
+        self.img_hw = (c.img_size, c.img_size)
+        self.grid = (c.num_cell_h, c.num_cell_w)
+        self.glimpse_size = c.glimpse_size
+        self.max_num_obj = c.max_num_obj
+        self.z_what_dim = c.z_what_dim
+        self.sigma = c.sigma
+        self.z_pres_disc_threshold = c.z_pres_disc_threshold
+        self.no_background = c.no_background
+        self.box_source = c.box_source
+        boxes = BoxCoder(c.size_anc, c.var_s, c.ratio_anc, c.var_anc)
+        self.win_hw = window_size(*boxes.max_scale, c.glimpse_size, self.img_hw)
 
-        self.image_encoder = ImageEncoder(img_size, num_cell_h, num_cell_w, conv_lstm)
-        self.glimpse_encoder = GlimpseEncoder(glimpse_size, z_what_dim)
-        self.glimpse_decoder = GlimpseDecoder(glimpse_size, img_size, z_what_dim)
-        self.propagation = Propagation(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw,
-                                       double_softplus_what_std, z_what_dim)
-        self.discovery = Discovery(img_size, num_cell_h, num_cell_w, boxes, glimpse_size, self.win_hw, max_num_obj,
-                                   explained_ratio_threshold, gen_disc_pres_probs, kl_weight_pre_rejection,
-                                   z_what_dim, center_range=center_range, reject_duplicates=reject_duplicates,
-                                   duplicate_min_iou=duplicate_min_iou)
-        self.background = None if no_background else Background(img_size, bg_decoder)
+        self.image_encoder = ImageEncoder(c.img_size, c.num_cell_h, c.num_cell_w, c.conv_lstm)
+        self.glimpse_encoder = GlimpseEncoder(c.glimpse_size, c.z_what_dim)
+        self.glimpse_decoder = GlimpseDecoder(c.glimpse_size, c.img_size, c.z_what_dim)
+        self.propagation = Propagation(c.img_size, c.num_cell_h, c.num_cell_w, boxes, c.glimpse_size, self.win_hw,
+                                       c.double_softplus_what_std, c.z_what_dim)
+        self.discovery = Discovery(c.img_size, c.num_cell_h, c.num_cell_w, boxes, c.glimpse_size, self.win_hw,
+                                   c.max_num_obj, c.explained_ratio_threshold, c.gen_disc_pres_probs,
+                                   c.kl_weight_pre_rejection, c.z_what_dim, center_range=c.center_range,
+                                   reject_duplicates=c.reject_duplicates, duplicate_min_iou=c.duplicate_min_iou)
+        self.background = None if c.no_background else Background(c.img_size, c.bg_decoder)
         # How the network is run (recomputation in backward, weight layout, slot budget, torch.compile, the
         # inference skip threshold): not part of the model config; the defaults until the execution group's
         # options are applied (:meth:`ExecutionOptions.apply`, which sets checkpoint_decoder, checkpoint_encoder,
@@ -94,52 +82,14 @@ class SCALOR(nn.Module):
         self.execution: ExecutionOptions
         ExecutionOptions().apply(self)
 
-    # ------------------------------------------------------------------ config
-    @staticmethod
-    def validate_config(img_size: int = 128, num_cell_h: int = 8, num_cell_w: int = 8, glimpse_size: int = 64,
-                        max_num_obj: int = 45, bg_decoder: str = "upsample", sigma: float = 0.1,
-                        size_anc: float = 0.1, var_s: float = 0.03, ratio_anc: float = 2.5, var_anc: float = 0.5,
-                        explained_ratio_threshold: float = 0.3, z_pres_disc_threshold: float = 0.7,
-                        gen_disc_pres_probs: float = 0.1, box_source: str = "mask", center_range: float = 1.0,
-                        duplicate_min_iou: float = 0.0, z_what_dim: int = 64, **_ignored) -> None:
-        """Raise ConfigError, naming the key and the fix, for settings the model cannot run (the run options
-        of the execution group: :meth:`ExecutionOptions.validate`)."""
-        if box_source not in ("mask", "where"):
-            raise ConfigError(f"model.box_source={box_source} is unknown; use mask (tight boxes of what each object "
-                              "draws) or where (the glimpse boxes z_where).")
-        if not (0 < center_range <= 1):
-            raise ConfigError(f"model.center_range={center_range} must be in (0, 1] (cells; 1 is the reference's).")
-        if not (0 <= duplicate_min_iou <= 1):
-            raise ConfigError(f"model.duplicate_min_iou={duplicate_min_iou} must be in [0, 1] (0: off).")
-        if not (_pow2(img_size) and img_size >= 32):
-            raise ConfigError(f"data.img_size={img_size} is not supported: use a power of two >= 32 (e.g. 64 or 128).")
-        for key, g in (("num_cell_h", num_cell_h), ("num_cell_w", num_cell_w)):
-            if not (_pow2(g) and g >= 2):
-                raise ConfigError(f"grid.{key}={g} is not supported: use a power of two >= 2 (e.g. grid=4x4 or 8x8).")
-        side = max(num_cell_h, num_cell_w)
-        if img_size // side < 2:
-            raise ConfigError(f"grid {num_cell_h}x{num_cell_w} does not divide the feature map of a {img_size}px "
-                              f"image: use a grid of at most {img_size // 2} cells per side or a larger data.img_size.")
-        if glimpse_size not in GLIMPSE_SIZES:
-            raise ConfigError(f"model.glimpse_size={glimpse_size} is not supported: use one of {GLIMPSE_SIZES}.")
-        if int(z_what_dim) < 1:
-            raise ConfigError(f"model.z_what_dim={z_what_dim} must be >= 1 (64 is the reference's).")
-        if int(max_num_obj) < 1:
-            raise ConfigError(f"model.max_num_obj={max_num_obj} must be >= 1.")
-        if bg_decoder not in ("upsample", "sbd"):
-            raise ConfigError(f"model.bg_decoder={bg_decoder!r} is unknown: use 'upsample' or 'sbd'.")
-        if not sigma > 0:
-            raise ConfigError(f"model.sigma={sigma} must be > 0 (the pixel likelihood's std, e.g. 0.1).")
-        if not (0 < var_s < size_anc):
-            raise ConfigError(f"model.var_s={var_s} must be in (0, model.size_anc={size_anc}) so boxes keep a size.")
-        if not (0 <= var_anc < ratio_anc):
-            raise ConfigError(f"model.var_anc={var_anc} must be in [0, model.ratio_anc={ratio_anc}).")
-        if not (0 < explained_ratio_threshold <= 1):
-            raise ConfigError(f"model.explained_ratio_threshold={explained_ratio_threshold} must be in (0, 1].")
-        if not (0 <= z_pres_disc_threshold < 1):
-            raise ConfigError(f"model.z_pres_disc_threshold={z_pres_disc_threshold} must be in [0, 1).")
-        if not (0 < gen_disc_pres_probs < 1):
-            raise ConfigError(f"model.gen_disc_pres_probs={gen_disc_pres_probs} must be in (0, 1).")
+    @classmethod
+    def from_config(cls, config: SCALORConfig | Mapping | None = None, /, **options: Any) -> SCALOR:
+        """The model of ``config`` (a :class:`SCALORConfig`, or a mapping of options: a config node, a checkpoint's
+        saved ``hyper_parameters['model']``; ``_target_`` and other ``_`` keys left out) with ``options`` on top
+        (keywords: how Hydra's instantiate calls conf/model's ``_target_``). Options not given take their defaults;
+        a key that is no option, or a value the model cannot run, is a ConfigError of one line."""
+        base = config.to_dict() if isinstance(config, SCALORConfig) else dict(config or {})
+        return cls(SCALORConfig.from_mapping({**base, **options}))
 
     # ------------------------------------------------------------------ helpers
     def _net(self, name: str):
