@@ -83,20 +83,13 @@ def check_retired_model_keys(argv: list[str]) -> None:
             sys.exit(2)
     if not any(key.startswith("model.") for key, _ in pairs):
         return
-    from scalor.model.config import MOVED_OUT_OF_MODEL, MOVED_TO_EXECUTION, REMOVED_OPTIONS, moved_out_of_model
+    from scalor.model.config import retired
 
     for key, value in pairs:
-        name = key.removeprefix("model.")
-        if key.startswith("model.") and name in MOVED_TO_EXECUTION:
-            message = f"{key} is now execution.{name} (how the model is run, not part of it); write execution.{name}"
-        elif key.startswith("model.") and name in MOVED_OUT_OF_MODEL:
-            message = moved_out_of_model(name, value or None)
-        elif key.startswith("model.") and name in REMOVED_OPTIONS:
-            message = f"{key} no longer exists (it was removed; docs/tuning.md says why); drop it"
-        else:
-            continue
-        print(f"error: {message}.", file=sys.stderr, flush=True)
-        sys.exit(2)
+        message = retired(key.removeprefix("model."), value or None) if key.startswith("model.") else None
+        if message:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
 
 def check_model_overrides(argv: list[str]) -> None:

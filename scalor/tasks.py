@@ -34,7 +34,7 @@ from scalor.errors import ConfigError, ScalorError
 from scalor.launch import monitor_choice, read_checkpoint, use_job_command_for_ddp_workers
 from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule
 from scalor.model import SCALORConfig
-from scalor.model.config import MOVED_OUT_OF_MODEL, moved_out_of_model, upgrade_saved_config
+from scalor.model.config import upgrade_saved_config
 from scalor.model.execution import ExecutionOptions, execution_options
 from scalor.resume import resumable_train_loader
 from scalor.schedules import Curriculum
@@ -238,10 +238,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
         raise ConfigError(f"task={task} is unknown; use task=fit, task=test, task=track or task=generate.")
     check_types(resolved)
     model = {k: v for k, v in resolved["model"].items() if k != "_target_"}
-    moved = [key for key in model if key in MOVED_OUT_OF_MODEL]
-    if moved:  # an experiment file of before the tracker group
-        raise ConfigError(moved_out_of_model(moved[0], model[moved[0]]))
-    SCALORConfig.from_mapping(model)  # ConfigError for a key that is no option and for impossible settings
+    SCALORConfig.from_mapping(model)  # ConfigError: a key that is no (longer an) option, impossible settings
     ExecutionOptions.from_config(resolved.get("execution"))  # ConfigError for impossible run options
     data = resolved["data"]
     observe = resolved.get("observe_frames")

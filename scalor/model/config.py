@@ -107,7 +107,8 @@ class SCALORConfig:
         values = {str(k): v for k, v in options.items() if not str(k).startswith("_")}
         unknown = [key for key in values if key not in cls.keys()]
         if unknown:
-            raise ConfigError(f"{source}: {not_an_option(unknown[0])}" if source else not_an_option(unknown[0]))
+            message = not_an_option(unknown[0], values[unknown[0]])
+            raise ConfigError(f"{source}: {message}" if source else message)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,9 +167,10 @@ class SCALORConfig:
             raise ConfigError(f"model.gen_disc_pres_probs={self.gen_disc_pres_probs} must be in (0, 1).")
 
 
-def not_an_option(key: str) -> str:
-    """The one-line message for ``model.<key>``, which is no option."""
-    return f"model.{key} is not a model option; the options are {', '.join(SCALORConfig.keys())}."
+def not_an_option(key: str, value: Any = None) -> str:
+    """The one-line message for ``model.<key>`` (set to ``value``; None: not given), which is no option: where it
+    went if it was one (:func:`retired`), else the options."""
+    return retired(key, value) or f"model.{key} is not a model option; the options are {', '.join(SCALORConfig.keys())}."
 
 
 def wrong_type(key: str, value: Any, hint: Any) -> str:
@@ -180,9 +182,12 @@ def wrong_type(key: str, value: Any, hint: Any) -> str:
 def schema() -> DictConfig:
     """conf/model's schema: the :class:`SCALORConfig` fields, typed, at their defaults, and a ``_target_`` for
     conf/model/scalor.yaml to set. Writable, as the yaml and the command line merge into it (a frozen dataclass's
-    node is read-only), and in struct mode: a key that is no option fails."""
+    node is read-only). Not in struct mode: a key that is no option, set in an experiment file, reaches
+    :func:`scalor.tasks.check_config`, whose error is one line (on the command line :func:`check_overrides` names
+    it first)."""
     node = OmegaConf.structured(SCALORConfig)
     OmegaConf.set_readonly(node, False)
+    OmegaConf.set_struct(node, False)
     with open_dict(node):
         node["_target_"] = MISSING
     return node
@@ -272,12 +277,20 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def moved_out_of_model(key: str, value: Any = None) -> str:
-    """The one-line message for ``model.<key>`` (a key of :data:`MOVED_OUT_OF_MODEL`) set to ``value`` (None:
-    not given, shown as N)."""
-    shown = "N" if value is None else _show(value)
-    return (f"model.{key} is no longer a model option (it only chose how a trained model is run); "
-            + MOVED_OUT_OF_MODEL[key].format(value=shown))
+def retired(key: str, value: Any = None) -> str | None:
+    """The one-line message for ``model.<key>`` set to ``value`` (None: not given, shown as N) where the key was a
+    model option that moved to the execution group (:data:`MOVED_TO_EXECUTION`), out of the model
+    (:data:`MOVED_OUT_OF_MODEL`) or was removed (:data:`REMOVED_OPTIONS`), naming what takes it over; else None."""
+    if key in MOVED_TO_EXECUTION:
+        return (f"model.{key} is now execution.{key} (how the model is run, not part of it); write "
+                f"execution.{key}.")
+    if key in MOVED_OUT_OF_MODEL:
+        shown = "N" if value is None else _show(value)
+        return (f"model.{key} is no longer a model option (it only chose how a trained model is run); "
+                + MOVED_OUT_OF_MODEL[key].format(value=shown) + ".")
+    if key in REMOVED_OPTIONS:
+        return f"model.{key} no longer exists (it was removed; docs/tuning.md says why); drop it."
+    return None
 
 
 def upgrade_saved_config(saved: Mapping, source: str = "checkpoint") -> dict:
