@@ -24,6 +24,13 @@ TERMS = ("log_like", "kl_what", "kl_where", "kl_depth", "kl_pres", "kl_bg")
 TRACKING_INFERENCE = ("deterministic", "sampled")
 
 
+def check_nll_samples(samples: Any) -> int:
+    """``nll_samples``, or ConfigError (one line) where it is not a whole number >= 1."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"nll_samples={samples} must be a whole number >= 1 (1: no NLL estimate; e.g. 5).")
+    return samples
+
+
 def _build(spec: Mapping | None, default: Callable[..., Any]) -> Any:
     """Instantiate a config mapping (honouring ``_target_``) or call ``default(**spec)``."""
     spec = dict(spec or {})
@@ -92,9 +99,7 @@ class SCALORLitModule(L.LightningModule):
                                   f"PickTracker), not a {type(value).__name__}.")
         self.tracker: Tracker = tracker or OnlineTracker()
         self.fit_val_tracker: Optional[Tracker] = fit_val_tracker
-        if isinstance(nll_samples, bool) or not isinstance(nll_samples, int) or nll_samples < 1:
-            raise ConfigError(f"nll_samples={nll_samples!r} must be a whole number >= 1 (1: no NLL estimate).")
-        self.nll_samples = nll_samples
+        self.nll_samples = check_nll_samples(nll_samples)
         self.mot = torch.nn.ModuleDict({"val": MOTMetrics(), "test": MOTMetrics()})
         self.counting = torch.nn.ModuleDict({"val": CountingMetrics(), "test": CountingMetrics()})
         self.errors = ErrorBreakdown()  # test only

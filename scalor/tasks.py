@@ -32,7 +32,7 @@ from scalor.callbacks.wandb_run import WandbRun, wandb_logger_args, watch_args
 from scalor.console import quiet_console
 from scalor.errors import ConfigError, ScalorError
 from scalor.launch import monitor_choice, read_checkpoint, use_job_command_for_ddp_workers
-from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule
+from scalor.lit_module import TRACKING_INFERENCE, SCALORLitModule, check_nll_samples
 from scalor.model import SCALORConfig
 from scalor.model.config import upgrade_saved_config
 from scalor.model.execution import ExecutionOptions, execution_options
@@ -246,9 +246,7 @@ def check_config(cfg: DictConfig) -> Optional[str]:
                                    and 0 <= observe < int(data["seq_len"])):
         raise ConfigError(f"observe_frames={observe} leaves nothing to generate in data.seq_len={data['seq_len']} "
                           f"frames; use 0 <= observe_frames < {data['seq_len']}.")
-    samples = resolved.get("nll_samples")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ConfigError(f"nll_samples={samples} must be a whole number >= 1 (1: no NLL estimate; e.g. 5).")
+    check_nll_samples(resolved.get("nll_samples"))
     if task == "track" and not data.get("path"):
         raise ConfigError("task=track streams a video: pass data=video data.path=/path/to/clip.mp4 (or a folder "
                           "of frames).")
