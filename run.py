@@ -71,30 +71,21 @@ def check_group_deletions(argv: list[str]) -> None:
             sys.exit(2)
 
 
-def check_retired_model_keys(argv: list[str]) -> None:
-    """``model.<key>=...`` for a key that moved to the execution group, out of the model (the tracker group,
-    ``nll_samples``, ``observe_frames``) or was removed: one line that says so and names the new key (Hydra alone
-    would answer "Key ... is not in struct")."""
-    pairs = [arg.lstrip("+~").partition("=")[::2] for arg in argv]
-    for key, value in pairs:
+def check_retired_options(argv: list[str]) -> None:
+    """``fit_val_pick_views=N``, an option that became a tracker of its own: one line naming the new keys
+    (``model.<key>`` of a retired model option: :func:`check_model_overrides`)."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
         if key == "fit_val_pick_views":
             print(f"error: fit_val_pick_views is now a tracker of its own; write tracker@fit_val_tracker=pick "
                   f"fit_val_tracker.views={value or 'N'}.", file=sys.stderr, flush=True)
-            sys.exit(2)
-    if not any(key.startswith("model.") for key, _ in pairs):
-        return
-    from scalor.model.config import retired
-
-    for key, value in pairs:
-        message = retired(key.removeprefix("model."), value or None) if key.startswith("model.") else None
-        if message:
-            print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(2)
 
 
 def check_model_overrides(argv: list[str]) -> None:
     """``model.<key>=<value>`` that conf/model's schema (scalor.model.SCALORConfig) rejects, a key that is no option
-    or a value of the wrong type: one line naming the key (Hydra alone would stop with several as it composes)."""
+    (one that was, moved or removed: where it went) or a value of the wrong type: one line naming the key (Hydra
+    alone would stop with several as it composes)."""
     from scalor.model.config import check_overrides
 
     try:
@@ -106,7 +97,7 @@ def check_model_overrides(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     check_group_deletions(sys.argv[1:])
-    check_retired_model_keys(sys.argv[1:])
+    check_retired_options(sys.argv[1:])
     check_model_overrides(sys.argv[1:])
     main()
     if JOBS["failed"]:

@@ -72,7 +72,7 @@ def synthetic_video(cfg: DictConfig, seed: int) -> torch.Tensor:
 
 def load_weights(model: torch.nn.Module, path: str) -> None:
     """Copy a Lightning checkpoint's model weights into ``model`` (built from the bench config)."""
-    from scalor.inference import model_weights
+    from scalor.warm_start import model_weights
 
     if not Path(path).is_file():
         raise ScalorError(f"bench.ckpt_path={path} does not exist: give the path of a .ckpt file.")

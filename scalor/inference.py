@@ -29,6 +29,7 @@ from scalor.launch import read_checkpoint
 from scalor.model import PRESENCE_THRESHOLD, SCALOR, SCALORConfig
 from scalor.model.config import upgrade_saved_config
 from scalor.model.execution import ExecutionOptions
+from scalor.warm_start import model_weights
 from scalor.schedules import Schedule
 from scalor.tracking import OnlineTracker, Tracker, evaluating, inference_schedule
 from scalor.tracking.tiles import TileJoiner
@@ -308,13 +309,6 @@ def _plain(value: Any, where: str) -> Any:
         except Exception as err:  # noqa: BLE001 - any resolution failure is the checkpoint's problem
             raise ScalorError(f"{where}: the model config cannot be resolved ({err}).") from err
     return value
-
-
-def model_weights(state_dict: Mapping) -> dict:
-    """The SCALOR weights of a SCALORLitModule state dict: ``model.*`` keys, prefix (and torch.compile's
-    ``_orig_mod.``) removed."""
-    return {key[len("model."):].removeprefix("_orig_mod."): value
-            for key, value in state_dict.items() if key.startswith("model.")}
 
 
 def load_model(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu",

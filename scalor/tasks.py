@@ -77,8 +77,12 @@ def fit(cfg: DictConfig) -> Optional[float]:
     resumable_train_loader(datamodule, cfg.seed)
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
-    if cfg.get("init_from") and ckpt_path is None:  # a resumed fit has its weights in its checkpoint
-        report_warm_start(warm_start(module.model, cfg.init_from), cfg.paths.output_dir)
+    if cfg.get("init_from"):
+        if ckpt_path is None:
+            report_warm_start(warm_start(module.model, cfg.init_from), cfg.paths.output_dir)
+        else:
+            rank_zero_only(print)(f"init_from={cfg.init_from} is not read: the fit resumes from ckpt_path={ckpt_path}, "
+                                  "which holds its weights.", flush=True)
     trainer = build_trainer(cfg)
     log_config(trainer, cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -260,12 +264,6 @@ def check_config(cfg: DictConfig) -> Optional[str]:
 
         if not read_mot(gt, "ground-truth"):
             raise ConfigError(f"groundtruth={gt} has no rows; pass a MOTChallenge gt.txt.")
-    init_from = resolved.get("init_from")
-    if init_from is not None:
-        if task != "fit":
-            raise ConfigError(f"init_from={init_from} starts a fit from trained weights (this is task={task}); drop "
-                              "it, or pass the checkpoint as ckpt_path=PATH.")
-        checkpoint_weights(init_from)  # ConfigError for a missing or foreign file
     clip = resolved.get("train_seq_len")
     if clip is not None and not (isinstance(clip, int) and clip >= 1):
         raise ConfigError(f"train_seq_len={clip} must be a number of frames >= 1 (or null: whole sequences).")
@@ -287,22 +285,32 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path is None and task in ("test", "track", "generate"):
         raise ConfigError(f"task={task} needs a trained model: pass ckpt_path=PATH or ckpt_path=last.")
+    init_from = resolved.get("init_from")
+    if init_from is not None:
+        if task != "fit":
+            raise ConfigError(f"init_from={init_from} starts a fit from trained weights (this is task={task}); drop "
+                              "it, or pass the checkpoint as ckpt_path=PATH.")
+        if ckpt_path is None:  # a resumed fit has its weights in its checkpoint: init_from is not read
+            checkpoint_weights(init_from)  # ConfigError for a missing or foreign file
     if ckpt_path is not None:
         saved = (_load_checkpoint(ckpt_path).get("hyper_parameters") or {}).get("model")
         if saved is None:
             raise ConfigError(f"ckpt_path={ckpt_path} holds no scalor model config; pass a checkpoint written by "
                               "`python run.py` (task=fit).")
         saved = upgrade_saved_config(saved, f"ckpt_path={ckpt_path} was")  # options removed since: off, or an error
+        # both as the model reads them: an option the checkpoint predates at its default
+        saved = SCALORConfig.from_mapping(saved, f"ckpt_path={ckpt_path}").to_dict()
+        current = SCALORConfig.from_mapping(model).to_dict()
         # fit/test build the model from this config; generate runs the checkpoint's model on this data, so only
         # the image size must agree; track resizes the video to the checkpoint's image size.
-        keys = {"fit": sorted((set(saved) | set(model)) - {"_target_"}), "generate": ["img_size"], "track": []}
+        keys = {"fit": list(current), "generate": ["img_size"], "track": []}
         for key in keys.get(task, keys["fit"]):
-            if saved.get(key) == resolved["model"].get(key):
+            if saved[key] == current[key]:
                 continue
             source = MODEL_KEY_SOURCE.get(key, f"model.{key}")
-            raise ConfigError(f"ckpt_path={ckpt_path} was trained with {source}={saved.get(key)} but this config "
-                              f"has {resolved['model'].get(key)}; set {source}={saved.get(key)} (or use the "
-                              "experiment it was trained with).")
+            raise ConfigError(f"ckpt_path={ckpt_path} was trained with {source}={saved[key]} but this config "
+                              f"has {current[key]}; set {source}={saved[key]} (or use the experiment it was "
+                              "trained with).")
     return ckpt_path
 
 

@@ -1,15 +1,18 @@
-"""``init_from=PATH``: start a fit from another run's trained weights.
+"""``init_from=PATH``: start a fit from another run's trained weights; and the model weights of a checkpoint.
 
 Every weight of the new model whose name and shape match one in the checkpoint's ``state_dict`` (the weights that
 run evaluated with: the EMA average where it kept one) is copied; the others keep their initialisation. The run is
-otherwise a fresh one: step 0, a new optimiser, its own curriculum. A checkpoint of an easier experiment with the
-same cell size in pixels (e.g. dsprites_easy's 8 px cells for dsprites_dense) carries the glimpse networks, the
-per-cell discovery and the propagation over whole, and the image encoder wherever its layers keep their shapes.
+otherwise a fresh one: step 0, a new optimiser, its own curriculum. From a checkpoint of an easier experiment with
+the same cell size in pixels and glimpse size (e.g. dsprites_easy's 8 px cells for dsprites_dense) the glimpse
+encoder, the CNN trunk and most of discovery and propagation carry over; the ConvLSTM's per-cell peephole weights
+(shaped by the grid) do not, nor, between frame sizes below and from 128 px, the first layers of the glimpse
+decoder's and the discovery's heads (one more convolution from 128 px on).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,6 +61,13 @@ def _groups(names: list[str]) -> str:
                                    for name in names))
 
 
+def model_weights(state_dict: Mapping) -> dict:
+    """The SCALOR weights of a SCALORLitModule state dict: ``model.*`` keys, prefix (and torch.compile's
+    ``_orig_mod.``) removed."""
+    return {key[len(MODEL_PREFIX):].removeprefix("_orig_mod."): value
+            for key, value in state_dict.items() if key.startswith(MODEL_PREFIX)}
+
+
 def checkpoint_weights(path: str) -> dict:
     """The model's tensors of a ``python run.py`` checkpoint at ``path`` (names without ``model.``); ConfigError
     (one line) for a file that is missing, unreadable or holds no SCALOR weights."""
@@ -68,8 +78,8 @@ def checkpoint_weights(path: str) -> dict:
     except Exception as err:  # noqa: BLE001 - any unreadable file is a user error here
         raise ConfigError(f"init_from={path} is not a readable checkpoint ({type(err).__name__}); pass a .ckpt "
                           "written by `python run.py` (task=fit).") from None
-    weights = {key[len(MODEL_PREFIX):]: value for key, value in (checkpoint.get("state_dict") or {}).items()
-               if key.startswith(MODEL_PREFIX)}
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
+    weights = model_weights(state) if isinstance(state, Mapping) else {}
     if not weights:
         raise ConfigError(f"init_from={path} holds no SCALOR weights; pass a .ckpt written by `python run.py` "
                           "(task=fit).")
@@ -82,7 +92,8 @@ def warm_start(model: nn.Module, path: str) -> WarmStart:
     source = checkpoint_weights(path)
     target = model.state_dict()
     loaded = [name for name, value in target.items() if name in source and source[name].shape == value.shape]
-    if not any(name in dict(model.named_parameters()) for name in loaded):
+    parameters = dict(model.named_parameters())
+    if not any(name in parameters for name in loaded):
         raise ConfigError(f"init_from={path} shares no weight of the same name and shape with this model; pass a "
                           "checkpoint of a model with the same glimpse size and z_what_dim (e.g. an easier "
                           "experiment with the same cell size in pixels).")

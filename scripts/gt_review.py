@@ -5,7 +5,8 @@
     python scripts/gt_review.py --mot draft.txt --out /tmp/check --frames 301 311 --grid 50
 
 The frames drawn are those 1-based frame numbers 1, 1 + every, 1 + 2 every, ... up to the video's end (so a
-frame with no boxes still shows up), or the ones given with --frames. Each box gets a colour per ID and its ID
+frame with no boxes still shows up), or the ones given with --frames. Rows with confidence 0 (ignored in MOTChallenge
+ground truth) are not drawn. Each box gets a colour per ID and its ID
 above it; each frame gets its number in the top-left corner. With --sheet N, N frames go side by side in one PNG
 (contact sheet, `--cols` per row), named after its first and last frame; otherwise one PNG per frame.
 `--grid P` draws faint lines every P pixels (in video pixels, labelled) to read box coordinates off the image.

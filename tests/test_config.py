@@ -357,6 +357,21 @@ def _old_checkpoint(cfg, path) -> None:
                 "pytorch-lightning_version": L.__version__}, path)
 
 
+def test_a_checkpoint_that_predates_an_option_matches_its_default(compose_cfg, tmp_path):
+    """A checkpoint saved before an option existed ran with what is now its default: the checkpoint-vs-config check
+    compares it so (and still names an option that differs)."""
+    from scalor.tasks import build_module
+
+    module = build_module(compose_cfg())
+    saved = {k: v for k, v in module.hparams["model"].items() if k not in ("duplicate_min_iou", "z_what_dim")}
+    path = tmp_path / "older.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {**module.hparams, "model": saved},
+                "global_step": 1, "epoch": 0, "pytorch-lightning_version": L.__version__}, path)
+    assert check_config(compose_cfg("task=test", f"ckpt_path={path}")) == str(path)
+    with pytest.raises(ConfigError, match="was trained with model.duplicate_min_iou=0.0 but this config has 0.5"):
+        check_config(compose_cfg("task=test", f"ckpt_path={path}", "model.duplicate_min_iou=0.5"))
+
+
 def test_test_task_of_a_checkpoint_written_before_options_were_removed(compose_cfg, tmp_path):
     """python run.py task=test ckpt_path=<old checkpoint> experiment=dsprites_easy: the removed options, saved off,
     neither fail the checkpoint-vs-config check (test, fit resume, track) nor the test; the module rebuilds from
@@ -422,10 +437,10 @@ def test_a_tracking_option_on_the_model_names_its_new_key(override, fix, capsys,
     """run.py: model.<key> of an option that moved out of the model is one error line naming the new key, exit 2
     (before Hydra composes anything); an experiment file that still sets one fails the config check alike."""
     monkeypatch.syspath_prepend(str(ROOT))
-    from run import check_retired_model_keys
+    from run import check_model_overrides
 
     with pytest.raises(SystemExit) as exit_:
-        check_retired_model_keys(["experiment=dsprites_easy", override])
+        check_model_overrides(["experiment=dsprites_easy", override])
     key = override.lstrip("+").partition("=")[0]
     assert exit_.value.code == 2
     assert capsys.readouterr().err == (f"error: {key} is no longer a model option (it only chose how a trained model "
@@ -434,10 +449,10 @@ def test_a_tracking_option_on_the_model_names_its_new_key(override, fix, capsys,
 
 def test_retired_fit_val_pick_views_names_the_fit_val_tracker(capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
-    from run import check_retired_model_keys
+    from run import check_retired_options
 
     with pytest.raises(SystemExit) as exit_:
-        check_retired_model_keys(["experiment=dsprites_easy", "fit_val_pick_views=2"])
+        check_retired_options(["experiment=dsprites_easy", "fit_val_pick_views=2"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err == ("error: fit_val_pick_views is now a tracker of its own; write "
                                        "tracker@fit_val_tracker=pick fit_val_tracker.views=2.\n")

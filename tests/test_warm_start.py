@@ -54,12 +54,17 @@ def test_fit_with_init_from_reports_what_it_loaded(compose_cfg, quick_ckpt, caps
     # resuming that run takes its weights from its own checkpoint, not from init_from again
     resumed = compose_cfg("trainer.max_steps=2", "grid=8x8", f"init_from={quick_ckpt}",
                           f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}", run="resumed")
+    capsys.readouterr()
     run(resumed)
     assert not (Path(resumed.paths.output_dir) / "init_from.json").exists()
+    assert f"init_from={quick_ckpt} is not read: the fit resumes from ckpt_path=" in capsys.readouterr().out
 
 
 def test_bad_init_from_is_one_error_line(compose_cfg, quick_ckpt, tmp_path):
+    tensor = tmp_path / "tensor.ckpt"
+    torch.save(torch.zeros(3), tensor)
     cases = [(["init_from=/no/such.ckpt"], "init_from=/no/such.ckpt is not a file"),
+             ([f"init_from={tensor}"], "holds no SCALOR weights"),
              (["task=test", f"ckpt_path={quick_ckpt}", f"init_from={quick_ckpt}"], "starts a fit from trained weights")]
     empty = tmp_path / "empty.ckpt"
     torch.save({"state_dict": {}}, empty)

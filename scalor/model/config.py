@@ -1,9 +1,10 @@
 """The model's options, and the model configs that older checkpoints saved.
 
 :class:`SCALORConfig` is the one source of the model options (``model.*``): their types, their defaults, what
-each does and the checks of their values. Hydra composes conf/model against it (:func:`register_schema`), so an
-override of the wrong type or of no option fails as the config is composed; conf/model/scalor.yaml only adds the
-``_target_`` and the options that come from other groups (the image size, the grid).
+each does and the checks of their values. Hydra composes conf/model against it (:func:`register_schema`), so a
+value of the wrong type fails as the config is composed; a key that is no option is one error line from
+:func:`check_overrides` (the command line) or the config check (an experiment file). conf/model/scalor.yaml only
+adds the ``_target_`` and the options that come from other groups (the image size, the grid).
 
 Older checkpoints' model configs: options that no longer exist, run options that moved to the ``execution``
 group (:class:`scalor.model.execution.ExecutionOptions`), and options of how a trained model tracks, tests and
@@ -218,7 +219,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
         if override.is_delete() or key.startswith("_"):  # _target_
             continue
         if key not in hints:
-            raise ConfigError(not_an_option(key))
+            raise ConfigError(not_an_option(key, text.partition("=")[2] or None))
         value, node = override.value(), schema()
         if isinstance(value, ChoiceSweep):
             choices = value.list
