@@ -42,7 +42,7 @@ def test_the_model_has_no_tracking_options():
     assert not [key for key in MOVED_OUT_OF_MODEL if hasattr(m, key)]
     assert not hasattr(m, "track_picked") and not hasattr(m, "track_backfilled") and not hasattr(m, "_run")
     assert "deterministic" in inspect.signature(SCALOR.forward).parameters
-    with pytest.raises(ConfigError, match="model.backfill is not a model option"):
+    with pytest.raises(ConfigError, match="model.backfill is no longer a model option.*write tracker=backfill"):
         SCALOR.from_config(**TINY, backfill=True)
 
 
