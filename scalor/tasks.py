@@ -241,8 +241,8 @@ def check_config(cfg: DictConfig) -> Optional[str]:
     if task not in TASKS:
         raise ConfigError(f"task={task} is unknown; use task=fit, task=test, task=track or task=generate.")
     check_types(resolved)
-    model = {k: v for k, v in resolved["model"].items() if k != "_target_"}
-    SCALORConfig.from_mapping(model)  # ConfigError: a key that is no (longer an) option, impossible settings
+    # the model's options as it reads them; ConfigError for a key that is no (longer an) option, impossible settings
+    current = SCALORConfig.from_mapping(resolved["model"]).to_dict()
     ExecutionOptions.from_config(resolved.get("execution"))  # ConfigError for impossible run options
     data = resolved["data"]
     observe = resolved.get("observe_frames")
@@ -300,7 +300,6 @@ def check_config(cfg: DictConfig) -> Optional[str]:
         saved = upgrade_saved_config(saved, f"ckpt_path={ckpt_path} was")  # options removed since: off, or an error
         # both as the model reads them: an option the checkpoint predates at its default
         saved = SCALORConfig.from_mapping(saved, f"ckpt_path={ckpt_path}").to_dict()
-        current = SCALORConfig.from_mapping(model).to_dict()
         # fit/test build the model from this config; generate runs the checkpoint's model on this data, so only
         # the image size must agree; track resizes the video to the checkpoint's image size.
         keys = {"fit": list(current), "generate": ["img_size"], "track": []}

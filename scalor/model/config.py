@@ -207,7 +207,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
 
-    parser, hints = OverridesParser.create(), typing.get_type_hints(SCALORConfig)
+    parser, hints, node = OverridesParser.create(), typing.get_type_hints(SCALORConfig), schema()
     for text in overrides:
         if not text.lstrip("+~").startswith("model."):
             continue
@@ -220,7 +220,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
             continue
         if key not in hints:
             raise ConfigError(not_an_option(key, text.partition("=")[2] or None))
-        value, node = override.value(), schema()
+        value = override.value()
         if isinstance(value, ChoiceSweep):
             choices = value.list
         else:  # a range or interval sweep gives numbers of its own
