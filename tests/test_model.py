@@ -567,6 +567,36 @@ def test_speed_and_memory_options_give_the_same_loss_and_gradients(option):
         assert err < 1e-4, (name, float(err))
 
 
+@pytest.mark.parametrize("checkpoint_decoder", [False, True])
+def test_decoding_only_the_surviving_proposals_with_gradients_gives_the_same_loss_and_gradients(checkpoint_decoder):
+    """Training decodes every proposal without gradients for the accept-reject test and only the survivors of
+    rejection and the cap again with them; against decoding every proposal with gradients (the fixed-slots path)."""
+    torch.manual_seed(0)
+    video = torch.rand(2, 3, 3, 64, 64)
+    runs = []
+    for static in (True, False):
+        torch.manual_seed(0)
+        m = tiny(max_num_obj=4, checkpoint_decoder=checkpoint_decoder)
+        forward, decode, decoded = m.discovery.forward, m._decode, []
+        m.discovery.forward = lambda *a, _static=static, **k: forward(*a, **{**k, "static": _static})
+        m._decode = lambda z: decoded.append((z.shape[0], torch.is_grad_enabled())) or decode(z)
+        out = m(video, Schedule(detach=False), deterministic=True)
+        out.neg_elbo.sum().backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        runs.append((out.neg_elbo.detach(), grads, decoded))
+    (loss_all, grads_all, dec_all), (loss_kept, grads_kept, dec_kept) = runs
+    cells = 2 * 16  # batch 2, a 4x4 grid
+    with_grad = [n for n, grad in dec_kept if grad]
+    assert all(grad for _, grad in dec_all) and (cells, False) in dec_kept  # every proposal, without gradients
+    assert sum(with_grad) < sum(n for n, _ in dec_all)  # fewer glimpses decoded with gradients
+    assert max(n for n, _ in dec_kept if n != cells) <= 2 * 4  # survivors: within the cap of 4 per sequence
+    torch.testing.assert_close(loss_kept, loss_all, rtol=1e-6, atol=1e-3)
+    assert grads_kept.keys() == grads_all.keys()
+    for name, g in grads_all.items():  # batches of another size may sum in another order
+        err = (g - grads_kept[name]).norm() / (g.norm() + 1e-12)
+        assert err < 1e-5, (name, float(err))
+
+
 def test_checkpointing_auto_is_on_from_32_px_glimpses():
     for size, on in ((16, False), (32, True), (64, True)):
         m = tiny(glimpse_size=size)

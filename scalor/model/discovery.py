@@ -3,6 +3,7 @@ explains, and the cap on the number of tracked objects."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
@@ -160,13 +161,20 @@ class Discovery(nn.Module):
     def forward(self, feats: Tensor | None, frame: Tensor | None, alpha_prop: Tensor, lengths: Tensor,
                 z_pres_prior: float, tau: float, reject: bool, encoder: Encode,
                 decoder: Decode, deterministic: bool, imagine: bool = False,
-                log_imp: bool = False, skip_below: float = 0.0, dedup: bool = True) -> DiscoveryStep:
+                log_imp: bool = False, skip_below: float = 0.0, dedup: bool = True,
+                static: bool = False) -> DiscoveryStep:
         """feats (B,64,Gh,Gw), frame (B,3,H,W) (both None when imagined), alpha_prop (B,1,H,W)
         detached and clamped, lengths (B,) objects tracked before this frame -> DiscoveryStep.
 
         skip_below > 0 (an approximation for inference): cells whose relaxed presence is below it are
         switched off and neither encoded nor decoded (one host sync for the active count). dedup=False skips the
-        duplicate test of this call (``reject_duplicates`` then acts as if off)."""
+        duplicate test of this call (``reject_duplicates`` then acts as if off).
+
+        With gradients (training), the decoder's gradient reaches only the proposals that survive rejection and
+        the cap: the others draw with presence 0, so theirs is exactly zero. So every proposal is decoded without
+        gradients for the accept-reject test, and only the survivors are decoded again with gradients (and
+        recomputed in backward with ``checkpoint_decoder``); exact, one host sync for their count. static=True
+        (fixed slots: no host syncs) decodes every proposal with gradients instead."""
         b, k = alpha_prop.shape[0], self.num_cells
         zeros = alpha_prop.new_zeros(b)
         if imagine:
@@ -198,7 +206,11 @@ class Discovery(nn.Module):
                     e_mean, e_raw = e_mean.index_copy(0, active, on_mean), e_raw.index_copy(0, active, on_raw)
             e_mean, e_std = e_mean.view(b, k, -1), F.softplus(e_raw).view(b, k, -1)
             z_what = sample_normal(e_mean, e_std, deterministic)
-        if active is None:
+        kept_only = active is None and not static and torch.is_grad_enabled() and z_what.requires_grad
+        if kept_only:
+            with torch.no_grad():  # for the accept-reject test; the survivors are decoded again below
+                glimpse = decoder(z_what.flatten(0, 1))
+        elif active is None:
             glimpse = decoder(z_what.flatten(0, 1))
         else:  # a skipped cell is its whole box (alpha 1, no colour) in the accept-reject test below; its presence
             # is 0, so it draws nothing, but over a tracked object or a stronger proposal it is rejected and its
@@ -208,7 +220,8 @@ class Discovery(nn.Module):
             if active.numel():
                 glimpse = glimpse.index_copy(0, active, decoder(z_what.flatten(0, 1)[active]))
         glimpse = glimpse.view(b, k, 4, s, s)
-        win = render_windows(glimpse, z_where, self.win_hw, self.img_hw)
+        with torch.no_grad() if kept_only else contextlib.nullcontext():
+            win = render_windows(glimpse, z_where, self.win_hw, self.img_hw)
 
         # Accept-reject: a proposal whose binarised mask is mostly covered by propagated objects (and, with
         # reject_duplicates, by a more present proposal of the same frame); with duplicate_min_iou one such
@@ -235,6 +248,11 @@ class Discovery(nn.Module):
         order = torch.sort(z_pres.detach(), dim=-1, descending=True, stable=True).indices
         in_budget = torch.arange(k, device=order.device) < budget[:, None]
         z_pres = z_pres * torch.zeros_like(in_budget).scatter(1, order, in_budget)
+        if kept_only:  # the survivors' glimpses with gradients, the others' as they are (their gradient is 0)
+            kept = (z_pres.detach() != 0).flatten().nonzero()[:, 0]
+            if kept.numel():
+                rows = glimpse.flatten(0, 1).index_copy(0, kept, decoder(z_what.flatten(0, 1)[kept]))
+                win = render_windows(rows.view(b, k, 4, s, s), z_where, self.win_hw, self.img_hw)
 
         p = z_pres_prior * accept + 1e-8 * (~accept) if checked else torch.full_like(logit, z_pres_prior)
         if imagine:

@@ -258,7 +258,8 @@ class SCALOR(nn.Module):
                                   reject=prop is not None, dedup=schedule.reject_duplicates or not self.training,
                                   encoder=self._encode, decoder=self._decode, deterministic=det,
                                   imagine=imagine, log_imp=log_imp,
-                                  skip_below=0.0 if self.training else self.skip_glimpse_below)
+                                  skip_below=0.0 if self.training else self.skip_glimpse_below,
+                                  static=fixed_slots)
             for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
                 terms[key].append(getattr(disc, key) + (getattr(prop, key) if prop is not None else 0))
             terms["log_imp"].append(disc.log_imp + (prop.log_imp if prop is not None else 0))
