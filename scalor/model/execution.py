@@ -82,8 +82,10 @@ class ExecutionOptions:
         return cls(**values)
 
     def apply(self, model: SCALOR) -> SCALOR:
-        """Set these options on ``model`` (in place; returned): the resolved recomputation flags, the slot budget,
-        the inference skip threshold, the glimpse networks' memory format and torch.compile (rebuilt at first use).
+        """Set these options on ``model`` (in place; returned), resolved: its ``checkpoint_decoder`` and
+        ``checkpoint_encoder`` (booleans), ``fixed_slots`` (``auto`` is resolved per forward pass, by the input's
+        device), ``skip_glimpse_below``, ``compile`` (the compiled networks are rebuilt at first use) and
+        ``channels_last`` (the glimpse networks' weight layout). The model keeps nothing else of them.
         Weights and outputs are unchanged (up to float summation order; ``skip_glimpse_below`` approximates)."""
         self.validate()
         auto = model.glimpse_size >= CHECKPOINT_FROM
@@ -98,7 +100,6 @@ class ExecutionOptions:
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         for net in (model.glimpse_encoder, model.glimpse_decoder):
             net.to(memory_format=layout)
-        model.execution = self
         return model
 
 

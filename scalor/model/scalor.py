@@ -79,7 +79,6 @@ class SCALOR(nn.Module):
         # channels_last, fixed_slots, compile, skip_glimpse_below and the torch.compile cache _compiled).
         # checkpoint_*=auto: recompute the glimpse networks in backward from 32 px glimpses on, where their
         # activations are what fills memory; 16 px activations are small and recomputing them costs 15% of a step
-        self.execution: ExecutionOptions
         ExecutionOptions().apply(self)
 
     @classmethod
