@@ -250,7 +250,10 @@ def test_load_model_of_a_checkpoint_with_run_options_applies_the_given_ones(tmp_
     old = tmp_path / "old.ckpt"
     torch.save(_checkpoint(model, {"_target_": "scalor.model.SCALOR", **TINY, **OLD_EXECUTION}), old)
     loaded = load_model(old)
-    assert loaded.execution == ExecutionOptions() and loaded.skip_glimpse_below == 0.0 and loaded.channels_last
+    run_options = lambda m: (m.checkpoint_decoder, m.checkpoint_encoder, m.channels_last, m.fixed_slots,  # noqa: E731
+                             m.compile, m.skip_glimpse_below)
+    assert run_options(loaded) == run_options(ExecutionOptions().apply(SCALOR.from_config(**TINY)))
+    assert (loaded.checkpoint_decoder, loaded.skip_glimpse_below, loaded.channels_last) == (False, 0.0, True)
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
     loaded = load_model(old, execution={"channels_last": False, "skip_glimpse_below": 0.2, "fixed_slots": True})
