@@ -3,7 +3,6 @@ explains, and the cap on the number of tracked objects."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
@@ -220,7 +219,7 @@ class Discovery(nn.Module):
             if active.numel():
                 glimpse = glimpse.index_copy(0, active, decoder(z_what.flatten(0, 1)[active]))
         glimpse = glimpse.view(b, k, 4, s, s)
-        with torch.no_grad() if kept_only else contextlib.nullcontext():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not kept_only):
             win = render_windows(glimpse, z_where, self.win_hw, self.img_hw)
 
         # Accept-reject: a proposal whose binarised mask is mostly covered by propagated objects (and, with
@@ -248,11 +247,13 @@ class Discovery(nn.Module):
         order = torch.sort(z_pres.detach(), dim=-1, descending=True, stable=True).indices
         in_budget = torch.arange(k, device=order.device) < budget[:, None]
         z_pres = z_pres * torch.zeros_like(in_budget).scatter(1, order, in_budget)
-        if kept_only:  # the survivors' glimpses with gradients, the others' as they are (their gradient is 0)
+        if kept_only:  # the survivors' windows with gradients, the others' as rendered (their gradient is 0)
             kept = (z_pres.detach() != 0).flatten().nonzero()[:, 0]
             if kept.numel():
-                rows = glimpse.flatten(0, 1).index_copy(0, kept, decoder(z_what.flatten(0, 1)[kept]))
-                win = render_windows(rows.view(b, k, 4, s, s), z_where, self.win_hw, self.img_hw)
+                again = render_windows(decoder(z_what.flatten(0, 1)[kept])[None], z_where.flatten(0, 1)[kept][None],
+                                       self.win_hw, self.img_hw).data[0]
+                win = Windows(win.data.flatten(0, 1).index_copy(0, kept, again).view_as(win.data), win.origin,
+                              win.valid)
 
         p = z_pres_prior * accept + 1e-8 * (~accept) if checked else torch.full_like(logit, z_pres_prior)
         if imagine:
