@@ -106,6 +106,11 @@ class SCALORLitModule(L.LightningModule):
         self._has_gt = {"val": False, "test": False}
         self._ckpt_step = 0  # optimiser steps of the last loaded checkpoint (schedule outside fit)
 
+    @property
+    def test_tracker_label(self) -> str:
+        """What reports the tracks that the test metrics score: the tracker's label, or the ELBO's pass."""
+        return self.tracker.label if self.tracking_inference == "deterministic" else "posterior sample"
+
     # ------------------------------------------------------------------ forward
     def schedule(self) -> Schedule:
         """The curriculum's values for the coming optimiser step; when testing or generating, those of the

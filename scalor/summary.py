@@ -2,7 +2,8 @@
 
 Written by rank zero at the end of ``task=fit`` and ``task=test`` (scalor.tasks), read by
 ``scripts/results.py``. It holds what a results table needs and nothing that the logs do not: the command
-that made the run, the hardware it ran on, the wall time, the optimiser steps and the final metrics.
+that made the run, the hardware it ran on, the wall time, the optimiser steps, the tracker whose tracks the
+metrics score and the final metrics.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def hardware() -> str:
 
 
 def write_summary(cfg: DictConfig, task: str, seconds: float, steps: Optional[int], metrics: dict[str, Any],
-                  checkpoint: Optional[str] = None) -> Path:
-    """Write ``summary.json`` into the run folder (atomically) and return its path."""
+                  checkpoint: Optional[str] = None, tracker: Optional[str] = None) -> Path:
+    """Write ``summary.json`` into the run folder (atomically) and return its path. ``tracker``: what reported
+    the tracks that the metrics score (a tracker's label, e.g. ``online`` or ``pick8``)."""
     out = Path(str(cfg.paths.output_dir))
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -60,6 +62,7 @@ def write_summary(cfg: DictConfig, task: str, seconds: float, steps: Optional[in
         "wall_seconds": round(float(seconds), 1),
         "steps": steps,
         "checkpoint": checkpoint,
+        "tracker": tracker,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "metrics": {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                     for k, v in metrics.items() if isinstance(v, (int, float))},

@@ -39,7 +39,7 @@ from scalor.model.execution import ExecutionOptions, execution_options
 from scalor.resume import resumable_train_loader
 from scalor.schedules import Curriculum
 from scalor.summary import write_summary
-from scalor.tracking import Tracker
+from scalor.tracking import OnlineTracker, Tracker
 from scalor.tracking.trackers import build_tracker
 from scalor.typecheck import check_types
 from scalor.warm_start import WarmStart, checkpoint_weights, warm_start
@@ -98,7 +98,7 @@ def fit(cfg: DictConfig) -> Optional[float]:
     if trainer.is_global_zero:
         seconds = time.monotonic() - start
         metrics = {f"{monitor} (best)": value, **test_metrics}
-        write_summary(cfg, "fit", seconds, trainer.global_step, metrics, best or None)
+        write_summary(cfg, "fit", seconds, trainer.global_step, metrics, best or None, module.test_tracker_label)
         print_summary(cfg, trainer, "fit", seconds, metrics)
     return value
 
@@ -118,7 +118,7 @@ def test(cfg: DictConfig) -> Optional[float]:
     draw_test_media(trainer, module, datamodule)
     if trainer.is_global_zero:
         seconds = time.monotonic() - start
-        write_summary(cfg, "test", seconds, module._ckpt_step, metrics, str(ckpt_path))
+        write_summary(cfg, "test", seconds, module._ckpt_step, metrics, str(ckpt_path), module.test_tracker_label)
         print_summary(cfg, trainer, "test", seconds, {"checkpoint": str(ckpt_path), **metrics})
     return metrics.get(monitor.replace("val/", "test/", 1))
 
@@ -147,6 +147,7 @@ def track(cfg: DictConfig) -> dict:
                           f"whatever that size); drop data.img_size or set data.img_size={size}.")
     fitting = footage_fitting(cfg, (_load_checkpoint(ckpt_path).get("hyper_parameters") or {}).get("data"))
     skip = int(data.get("frame_skip", 1))
+    tracker = build_tracker(cfg) or OnlineTracker()
     if fitting["resize"] == "tiles":
         fit = TileFit(size, float(fitting["scale"]), int(fitting["tile_overlap"]), skip)
     else:
@@ -154,7 +155,7 @@ def track(cfg: DictConfig) -> dict:
     stats = track_video(model, footage_frames(data.path, fit.frame_skip), cfg.paths.output_dir,
                         window=int(data.seq_len), fps=video_fps(data.path) / fit.frame_skip, device=device,
                         schedule=inference_schedule(instantiate(cfg.curriculum)), fit=fit,
-                        tracker=build_tracker(cfg))
+                        tracker=tracker)
     h, w = stats["footage_hw"]
     scores = {}
     if cfg.get("groundtruth"):
@@ -164,7 +165,8 @@ def track(cfg: DictConfig) -> dict:
         scores = {f"track/{k}": v for k, v in score_tracks(stats["tracks_txt"], cfg.groundtruth, tracked).items()}
         stats["metrics"] = scores
     seconds = time.monotonic() - start
-    write_summary(cfg, "track", seconds, None, {**{k: stats[k] for k in SUMMARY_STATS}, **scores}, str(ckpt_path))
+    write_summary(cfg, "track", seconds, None, {**{k: stats[k] for k in SUMMARY_STATS}, **scores}, str(ckpt_path),
+                  tracker.streaming().label)
     if isinstance(fit, TileFit):
         seen = (f"{len(fit.tiles(h, w))} tiles overlapping by {fit.overlap} px over the whole frame scaled by "
                 f"{fit.scale:.4g}")

@@ -34,7 +34,8 @@ from scalor.metrics.errors import TOUCH_GAP  # noqa: E402
 from scalor.summary import SUMMARY_FILE, read_summary  # noqa: E402
 
 COLUMNS = [("MOTA", "test/mota"), ("MOTP", "test/motp"), ("IDF1", "test/idf1"), ("ID sw.", "test/id_switches"),
-           ("count acc.", "test/count_acc"), ("NLL (nats/seq)", "test/nll"), ("neg. ELBO", "test/neg_elbo")]
+           ("count acc.", "test/count_acc"), ("count MAE", "test/count_mae"), ("NLL (nats/seq)", "test/nll"),
+           ("neg. ELBO", "test/neg_elbo")]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -227,11 +228,12 @@ def track_lines(run_dir: Path, out: Path, name: str, earlier: bool) -> list[str]
         return []
     lines = ["Tracked over the whole footage by `task=track`, scored against ground truth on the frames it "
              "annotates (IoU >= 0.5):", "",
-             "| track | " + " | ".join(c for c, _ in TRACK_COLUMNS) + " | wall time | frames/s |",
-             "|" + "---|" * (len(TRACK_COLUMNS) + 3)]
+             "| track | tracker | " + " | ".join(c for c, _ in TRACK_COLUMNS) + " | wall time | frames/s |",
+             "|" + "---|" * (len(TRACK_COLUMNS) + 4)]
     for i, (_, summary) in enumerate(tracked, 1):
         m = summary["metrics"]
-        lines.append("| " + " | ".join([f"track {i}"] + [fmt(m.get(k)) for _, k in TRACK_COLUMNS]
+        lines.append("| " + " | ".join([f"track {i}", summary.get("tracker") or "—"]
+                                       + [fmt(m.get(k)) for _, k in TRACK_COLUMNS]
                                        + [duration(summary["wall_seconds"]), fmt(m.get("frames_per_s"))]) + " |")
     lines.append("")
     lines += [f"- track {i}: `{s['command']}` ({s['hardware']})" for i, (_, s) in enumerate(tracked, 1)] + [""]
@@ -303,7 +305,7 @@ def section(run_dir: Path, docs: Path, earlier: bool = False) -> str:
     summary = read_summary(run_dir)
     name = summary["name"]
     retests = tests_of(run_dir, summary.get("checkpoint"))
-    rows = [("fit", summary["metrics"])] + [(f"re-test {i}", r["metrics"]) for i, r in enumerate(retests, 1)]
+    rows = [("fit", summary)] + [(f"re-test {i}", r) for i, r in enumerate(retests, 1)]
     rel = f"results/{name}/{run_dir.name}" if earlier else f"results/{name}"
     out = docs / rel
     out.mkdir(parents=True, exist_ok=True)
@@ -312,8 +314,9 @@ def section(run_dir: Path, docs: Path, earlier: bool = False) -> str:
              f"Run folder `{run_dir.name}`; {summary['hardware']}; {duration(summary['wall_seconds'])} from start "
              f"to end of the command (data generation, training, validation, test); {summary['steps']} optimiser "
              "steps.", "",
-             "| test | " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
-    lines += ["| " + " | ".join([label] + [fmt(m.get(k)) for _, k in COLUMNS]) + " |" for label, m in rows]
+             "| test | tracker | " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
+    lines += ["| " + " | ".join([label, r.get("tracker") or "—"] + [fmt(r["metrics"].get(k)) for _, k in COLUMNS])
+              + " |" for label, r in rows]
     lines.append("")
     if retests:
         lines += ["The fit's own test, then the later tests of the same checkpoint:", ""]
@@ -322,8 +325,8 @@ def section(run_dir: Path, docs: Path, earlier: bool = False) -> str:
     # other inference settings); an older fit's breakdown is left out where a re-test of it knows more, or
     # counts the same errors with another count table (ground-truth counts above 64 were one row before)
     groups: dict = {}
-    for label, m in rows:
-        errs = tuple(sorted((k, v) for k, v in m.items() if k.startswith(ERRORS) and v is not None))
+    for label, r in rows:
+        errs = tuple(sorted((k, v) for k, v in r["metrics"].items() if k.startswith(ERRORS) and v is not None))
         if errs:
             groups.setdefault(errs, []).append(label)
     kinds = {errs: {k for k, _ in errs} for errs in groups}

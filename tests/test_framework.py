@@ -61,7 +61,9 @@ def test_fit_then_test_and_resume_from_last(compose_cfg, tmp_path, capsys):
     assert (out_dir / "csv" / "version_0" / "metrics.csv").is_file()
     out = capsys.readouterr().out
     assert "task=fit finished" in out and "test/mota" in out and "checkpoints" in out and "media" in out
-    summary = json.loads((out_dir / "summary.json").read_text())["metrics"]
+    record = json.loads((out_dir / "summary.json").read_text())
+    assert record["tracker"] == "online"  # the default tracker reported the test's tracks
+    summary = record["metrics"]
     kinds = ("hidden", "in_matched", "in_unmatched", "free")  # the breakdown adds up to the tracking metric's misses
     assert sum(summary[f"test/errors/misses/{k}"] for k in kinds) == summary["test/errors/misses"] == summary["test/misses"]
     assert summary["test/errors/false_positives"] == summary["test/false_positives"]

@@ -16,10 +16,10 @@ from scalor.summary import read_summary, write_summary
 
 
 def fake_run(root: Path, name: str, folder: str, task: str = "fit", metrics: dict | None = None,
-             checkpoint: str | None = None, finished: str = "2026-01-01 00:00:00") -> Path:
+             checkpoint: str | None = None, finished: str = "2026-01-01 00:00:00", tracker: str | None = None) -> Path:
     run = root / name / folder
     cfg = OmegaConf.create({"name": name, "paths": {"output_dir": str(run)}})
-    write_summary(cfg, task, 125.0, 40, metrics or {}, checkpoint)
+    write_summary(cfg, task, 125.0, 40, metrics or {}, checkpoint, tracker)
     data = json.loads((run / "summary.json").read_text())
     data["finished"] = finished
     (run / "summary.json").write_text(json.dumps(data))
@@ -50,9 +50,9 @@ def test_results_page_from_run_folders(tmp_path):
     outputs = tmp_path / "outputs"
     ckpt = str(outputs / "easy" / "b" / "checkpoints" / "best.ckpt")
     fake_run(outputs, "easy", "a", metrics={"test/mota": 0.1}, finished="2026-01-01 00:00:00")
-    run = fake_run(outputs, "easy", "b", checkpoint=ckpt, finished="2026-01-02 00:00:00",
+    run = fake_run(outputs, "easy", "b", checkpoint=ckpt, finished="2026-01-02 00:00:00", tracker="pick8",
                    metrics={"test/mota": 0.5, "test/motp": 0.8, "test/idf1": 0.7, "test/id_switches": 3.0,
-                            "test/count_acc": 0.6, "test/neg_elbo": -15000.0,
+                            "test/count_acc": 0.6, "test/count_mae": 0.45, "test/neg_elbo": -15000.0,
                             "test/errors/misses": 99.0, "test/errors/frames/under_other": 5.0})  # an older breakdown
     errors = {"misses": 9, "misses/hidden": 1, "misses/in_matched": 2, "misses/in_unmatched": 4, "misses/free": 2,
               "false_positives": 5, "false_positives/merge": 3, "false_positives/one": 2, "false_positives/empty": 0,
@@ -63,7 +63,7 @@ def test_results_page_from_run_folders(tmp_path):
     fake_run(outputs, "easy", "c", task="test", checkpoint=ckpt,
              metrics={"test/nll": 1234.5, **{f"test/errors/{k}": float(v) for k, v in errors.items()}})
     other = {**errors, "misses": 7, "misses/free": 0}  # another test of the checkpoint (other settings)
-    fake_run(outputs, "easy", "d", task="test", checkpoint=ckpt, finished="2026-01-03 00:00:00",
+    fake_run(outputs, "easy", "d", task="test", checkpoint=ckpt, finished="2026-01-03 00:00:00", tracker="online",
              metrics={"test/mota": 0.4, **{f"test/errors/{k}": float(v) for k, v in other.items()}})
     (run / "csv" / "version_0").mkdir(parents=True)
     (run / "csv" / "version_0" / "metrics.csv").write_text(
@@ -83,13 +83,13 @@ def test_results_page_from_run_folders(tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = (docs / "results.md").read_text()
     assert page.startswith("# R\n\nintro\n") and page.rstrip().endswith("tail") and "OLD-TABLE" not in page
-    assert "| fit | 0.500 | 0.800 | 0.700 | 3 | 0.600 | — | -15000 |" in page  # the newest fit run's own test
-    assert "| re-test 1 | — | — | — | — | — | 1234 | — |" in page  # a later test of its checkpoint
+    assert "| fit | pick8 | 0.500 | 0.800 | 0.700 | 3 | 0.600 | 0.450 | — | -15000 |" in page  # the fit's own test
+    assert "| re-test 1 | — | — | — | — | — | — | — | 1234 | — |" in page  # a later test (tracker not recorded)
     assert "- re-test 1: `python" in page
     assert "40 optimiser steps" in page and "`python" in page
     assert "| 9 | 1 | 2 | 4 | 2 | 5 | 3 | 2 | 0 |" in page  # the error breakdown, from the test of the checkpoint
     assert "From the re-test 1. Where the test errors are" in page
-    assert "| re-test 2 | 0.400 |" in page and "From the re-test 2. Where" in page  # each breakdown, labelled
+    assert "| re-test 2 | online | 0.400 |" in page and "From the re-test 2. Where" in page  # each breakdown, labelled
     assert "| 7 | 1 | 2 | 4 | 0 | 5 | 3 | 2 | 0 |" in page
     assert "| objects in the frame | 1 | 3 | all |" in page and "| count too low | 0 | 6 | 6 |" in page
     assert "Of the 6 frames counted too low, 1 hold" in page and "2 more follow a first frame" in page
@@ -115,8 +115,8 @@ def test_results_page_with_earlier_runs_of_an_experiment(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     page = (docs / "results.md").read_text()
-    assert page.index("### easy") < page.index("| fit | 0.200 |") < page.index("#### easy, earlier run")
-    assert page.index("#### easy, earlier run") < page.index("| fit | 0.100 |")
+    assert page.index("### easy") < page.index("| fit | — | 0.200 |") < page.index("#### easy, earlier run")
+    assert page.index("#### easy, earlier run") < page.index("| fit | — | 0.100 |")
     assert "(results/easy/curves.png)" in page and "(results/easy/old/curves.png)" in page
     assert (docs / "results" / "easy" / "curves.png").is_file()
     assert (docs / "results" / "easy" / "old" / "curves.png").is_file()
@@ -136,13 +136,13 @@ def test_results_page_keeps_the_sections_of_experiments_not_given(tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = (docs / "results.md").read_text()
     assert page.startswith(f"# R\n<!-- results:start -->\n{kept}\n### crowded\n") and "CROWDED-OLD" not in page
-    assert page.index("| fit | 0.300 |") < page.index("### dense\n\nDENSE-TABLE\n") and page.endswith("tail\n")
+    assert page.index("| fit | — | 0.300 |") < page.index("### dense\n\nDENSE-TABLE\n") and page.endswith("tail\n")
     new = fake_run(tmp_path / "outputs", "mnist", "b", metrics={"test/mota": 0.4})
     subprocess.run([sys.executable, "scripts/results.py", str(new), "--docs", str(docs)], cwd=ROOT, check=True,
                    capture_output=True, timeout=300)
     page = (docs / "results.md").read_text()
-    assert page.index("DENSE-TABLE") < page.index("### mnist") < page.index("| fit | 0.400 |") < page.index("tail")
-    assert "| fit | 0.300 |" in page and "EASY-OLD" in page
+    assert page.index("DENSE-TABLE") < page.index("### mnist") < page.index("| fit | — | 0.400 |") < page.index("tail")
+    assert "| fit | — | 0.300 |" in page and "EASY-OLD" in page
 
 
 def test_results_page_keeps_the_runs_it_showed_as_earlier_runs(tmp_path):
@@ -165,7 +165,7 @@ def test_results_page_keeps_the_runs_it_showed_as_earlier_runs(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     page = (docs / "results.md").read_text()
-    order = ["### easy\n", "Run folder `r2`", "| fit | 0.900 |", "(results/easy/curves.png)", "#### easy, earlier run",
+    order = ["### easy\n", "Run folder `r2`", "| fit | — | 0.900 |", "(results/easy/curves.png)", "#### easy, earlier run",
              "Run folder `r1`", "R1-TABLE", "(results/easy/r1/curves.png)", "[results/easy/r1/tracking.webm]",
              "#### easy, earlier run", "Run folder `r0`", "(results/easy/r0/curves.png)", "### dense"]
     at = [page.index(text, page.index(order[i - 1]) + 1 if i else 0) for i, text in enumerate(order)]
@@ -240,7 +240,7 @@ def test_results_page_shows_whole_frame_tracking_against_ground_truth(tmp_path):
     track = fake_run(outputs, "walkers", "track", task="track", checkpoint=str(ckpt), finished="2026-01-02 00:00:00",
                      metrics={"track/mota": 0.71, "track/motp": 0.8, "track/idf1": 0.75, "track/id_switches": 4.0,
                               "track/count_acc": 0.5, "track/count_mae": 0.45, "track/annotated_frames": 80.0,
-                              "frames_per_s": 3.25})
+                              "frames_per_s": 3.25}, tracker="backfill")
     fake_run(outputs, "walkers", "unscored", task="track", checkpoint=str(ckpt), metrics={"frames_per_s": 3.0})
     writer = cv2.VideoWriter(str(track / "tracks.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
     for t in range(120):
@@ -248,7 +248,7 @@ def test_results_page_shows_whole_frame_tracking_against_ground_truth(tmp_path):
     writer.release()
     docs = tmp_path / "docs"
     page = render_page(docs, run)
-    assert "| track 1 | 0.710 | 0.800 | 0.750 | 4 | 0.500 | 0.450 | 80 | 2.1 min | 3.250 |" in page
+    assert "| track 1 | backfill | 0.710 | 0.800 | 0.750 | 4 | 0.500 | 0.450 | 80 | 2.1 min | 3.250 |" in page
     assert "| track 2 |" not in page  # the unscored track run is left out
     assert "results/walkers/tracks.jpg" in page and "results/walkers/tracks_excerpt.mp4" in page
     figure = cv2.imread(str(docs / "results" / "walkers" / "tracks.jpg"))

@@ -242,8 +242,13 @@ def test_task_track_scores_against_ground_truth(compose_cfg, tmp_path, capsys):
     stats = run(cfg)
     summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
     assert summary["task"] == "track" and summary["metrics"]["track/annotated_frames"] == 2
+    assert summary["tracker"] == "online"
     assert summary["metrics"]["track/num_gt"] == 2 and "track/count_mae" in summary["metrics"]
     assert stats["metrics"]["track/mota"] == summary["metrics"]["track/mota"]
+    picked = compose_cfg("task=track", f"ckpt_path={ckpt}", "data=video", f"data.path={clip}", "tracker=pick8",
+                         run="track_pick")
+    run(picked)  # a whole-sequence tracker streams with its streaming counterpart, and the summary says which
+    assert json.loads((Path(picked.paths.output_dir) / "summary.json").read_text())["tracker"] == "backfill"
     bad = compose_cfg("task=track", f"ckpt_path={ckpt}", "data=video", f"data.path={clip}",
                       f"groundtruth={tmp_path / 'none.txt'}", run="track2")
     with pytest.raises(ConfigError, match="none.txt: no such file"):

@@ -109,3 +109,20 @@ def test_trackers_are_frozen_and_evaluating_restores_train_mode():
             assert not m.training and not torch.is_grad_enabled()
             raise RuntimeError("inside")
     assert m.training and torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("option,label,streams", [
+    ("online", "online", "online"), ("backfill", "backfill", "backfill"), ("pick", "pick", "backfill"),
+    ("pick8", "pick8", "backfill")])
+def test_each_tracker_option_is_labelled_by_its_name_in_results(option, label, streams):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+    from scalor.tracking.trackers import build_tracker
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"tracker={option}"])
+    tracker = build_tracker(cfg)
+    assert tracker.label == label and tracker.streaming().label == streams
+    assert PickTracker(views=4, backfill=False).label == "pick, 4 views, no backfill"
+    assert BackfillTracker(copy_iou=0.5).label == "backfill, copy_iou 0.5"

@@ -79,11 +79,18 @@ class Tracker:
         """The tracker that runs window after window with the carry: this one."""
         return self
 
+    @property
+    def label(self) -> str:
+        """What results tables call it: the tracker option's name (conf/tracker) and what differs from it."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class OnlineTracker(Tracker):
     """One track-only pass over the frames in order (boxes, IDs, counts; recon empty, log_like and kl_bg zero);
     continues ``carry`` and returns the next one in ``.carry``."""
+
+    label = "online"
 
     def track(self, model: SCALOR, video: Tensor, schedule: Schedule, carry: Optional[Carry]) -> SequenceOutput:
         return model(video, schedule, carry=carry, track_only=True, deterministic=True)
@@ -104,6 +111,10 @@ class BackfillTracker(Tracker):
 
     def __post_init__(self) -> None:
         _check_copy_iou(self.copy_iou)
+
+    @property
+    def label(self) -> str:
+        return "backfill" if self.copy_iou == COPY_IOU else f"backfill, copy_iou {self.copy_iou:g}"
 
     def track(self, model: SCALOR, video: Tensor, schedule: Schedule, carry: Optional[Carry]) -> SequenceOutput:
         out = OnlineTracker().track(model, video, schedule, carry)
@@ -145,6 +156,13 @@ class PickTracker(Tracker):
         """Window after window there is no whole sequence to pick from: the BackfillTracker (``backfill``) or the
         OnlineTracker."""
         return BackfillTracker(self.copy_iou) if self.backfill else OnlineTracker()
+
+    @property
+    def label(self) -> str:
+        name = "pick8" if self.views == 8 else "pick" if self.views == 1 else f"pick, {self.views} views"
+        extra = ([] if self.backfill else ["no backfill"]) + (
+            [] if self.copy_iou == COPY_IOU or not self.backfill else [f"copy_iou {self.copy_iou:g}"])
+        return ", ".join([name, *extra])
 
     def track(self, model: SCALOR, video: Tensor, schedule: Schedule, carry: Optional[Carry]) -> SequenceOutput:
         if carry is not None:
