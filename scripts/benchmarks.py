@@ -4,6 +4,9 @@
     python scripts/benchmarks.py --table    # only re-render the table from docs/benchmarks.json
     python scripts/benchmarks.py --only 64px  # re-run the cases whose name contains "64px", keep the others
     python scripts/benchmarks.py --gpu      # the GPU suite: docs/benchmarks_gpu.json and its own table
+    python scripts/benchmarks.py --against main --only paper   # before/after: those cases of commit `main` (a
+                                            # temporary git worktree) and of this tree, alternating, --rounds times;
+                                            # docs/benchmarks_ab.json and a table of both with the speed-up
 
 Each case is one `python -m scalor.bench` process (so peak RSS is per case). The table rows and the
 targets of the performance issue come from CASES; nothing is typed in by hand.
@@ -12,10 +15,15 @@ targets of the performance issue come from CASES; nothing is typed in by hand.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Iterator
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,12 +128,75 @@ def newest_checkpoint(experiment: str) -> Path | None:
     return runs[-1].relative_to(ROOT) if runs else None
 
 
-def run_case(overrides: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "scalor.bench", *overrides], cwd=ROOT, capture_output=True,
+def run_case(overrides: list[str], root: Path = ROOT) -> dict:
+    """One ``python -m scalor.bench`` process in the source tree ``root``; its JSON result."""
+    proc = subprocess.run([sys.executable, "-m", "scalor.bench", *overrides], cwd=root, capture_output=True,
                           text=True)
     if proc.returncode != 0:
-        sys.exit(f"error: python -m scalor.bench {' '.join(overrides)} failed:\n{proc.stderr[-3000:]}")
+        sys.exit(f"error: python -m scalor.bench {' '.join(overrides)} failed in {root}:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"error: git {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[Path]:
+    """A temporary detached git worktree of ``rev`` (removed afterwards)."""
+    path = Path(tempfile.mkdtemp(prefix="scalor-bench-")) / "tree"
+    git("worktree", "add", "--detach", str(path), rev)
+    try:
+        yield path
+    finally:
+        git("worktree", "remove", "--force", str(path))
+
+
+def this_tree() -> str:
+    """This tree's commit, with "+changes" where it differs from it."""
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no")
+                                                  else "")
+
+
+def compare(rev: str, cases: list, rounds: int, out_json: Path) -> list[dict]:
+    """Each case measured on commit ``rev`` (before) and on this tree (after), one after the other, ``rounds``
+    times over; the results (one per case, round and tree) go to ``out_json`` as they come."""
+    before = f"{git('rev-parse', '--short', rev)} (before)"
+    after = f"{this_tree()} (after)"
+    record = {"what": f"python scripts/benchmarks.py --against {rev}: python -m scalor.bench, one process per "
+                      f"case, before and after alternating, {rounds} round(s)",
+              "date": time.strftime("%Y-%m-%d"), "results": []}
+    with worktree(rev) as old:
+        for r in range(1, rounds + 1):
+            for name, overrides in cases:
+                for code, root in ((before, old), (after, ROOT)):
+                    print(f"round {r}: {name}: {code}", flush=True)
+                    result = run_case(overrides, root)
+                    result.update(round=r, case=name, code=code, overrides=overrides)
+                    record["results"].append(result)
+                    out_json.write_text(json.dumps(record, indent=1))
+    return record["results"]
+
+
+def ab_table(results: list[dict]) -> str:
+    """Before/after per case: median s/step of each round, the speed-up of the medians over the rounds and the
+    peak RSS (the largest of the rounds)."""
+    rows = ["| case | before s/step | after s/step | speed-up | peak RSS MB before -> after |", "|---|---|---|---|---|"]
+    for case in dict.fromkeys(r["case"] for r in results):
+        got = {kind: [r for r in results if r["case"] == case and r["code"].endswith(f"({kind})")]
+               for kind in ("before", "after")}
+        if not (got["before"] and got["after"]):
+            continue
+        times = {k: [r["median_step_s"] for r in v] for k, v in got.items()}
+        rss = {k: max(r["peak_rss_mb"] for r in v) for k, v in got.items()}
+        speed = statistics.median(times["before"]) / statistics.median(times["after"])
+        rows.append(f"| {case} | {', '.join(f'{t:.2f}' for t in times['before'])} | "
+                    f"{', '.join(f'{t:.2f}' for t in times['after'])} | {speed:.2f}x | "
+                    f"{rss['before']:.0f} -> {rss['after']:.0f} |")
+    return "\n".join(rows)
 
 
 def table(results: list[dict], cases: list = CASES) -> str:
@@ -155,9 +226,32 @@ def main() -> None:
     parser.add_argument("--crowded-ckpt", default=None, type=Path,
                         help="dsprites_crowded checkpoint for the track cases (default: the best checkpoint of the "
                              "newest run in outputs/dsprites_crowded/)")
+    parser.add_argument("--against", default=None, metavar="REV",
+                        help="before/after: the cases (--only) on git commit REV and on this tree, alternating; "
+                             "writes --ab-json and prints a table of both")
+    parser.add_argument("--rounds", type=int, default=2, help="--against: how many times each pair runs")
+    parser.add_argument("--ab-json", type=Path, default=DOCS / "benchmarks_ab.json", help="--against: the output")
+    parser.add_argument("--extra", nargs="*", default=[], metavar="OVERRIDE",
+                        help="overrides added to every case (e.g. bench.threads=1)")
     args = parser.parse_args()
     crowded = args.crowded_ckpt or newest_checkpoint("dsprites_crowded")
     cases, json_name, marker = SUITES[args.gpu]
+    if crowded is not None:
+        crowded = crowded if crowded.is_absolute() else ROOT / crowded  # also valid from a worktree
+    if args.extra:
+        cases = [(name, overrides + args.extra, target, check) for name, overrides, target, check in cases]
+    if args.against is not None:
+        if args.rounds < 1:
+            sys.exit("error: --rounds must be at least 1.")
+        chosen = [(name, overrides) for name, overrides, _, _ in cases if args.only is None or args.only in name]
+        if not chosen:
+            sys.exit(f"error: no case name contains {args.only!r}; see CASES in scripts/benchmarks.py.")
+        if any(CROWDED_CKPT in o for _, o in chosen) and crowded is None:
+            sys.exit("error: a chosen case needs a dsprites_crowded checkpoint: pass --crowded-ckpt PATH.")
+        chosen = [(n, [f"bench.ckpt_path={crowded}" if o == CROWDED_CKPT else o for o in overrides])
+                  for n, overrides in chosen]
+        print(ab_table(compare(args.against, chosen, args.rounds, args.ab_json)))
+        return
     out_json = DOCS / json_name
     if not args.table:
         old = {r["name"]: r for r in json.loads(out_json.read_text())} if out_json.exists() else {}

@@ -123,3 +123,29 @@ def test_benchmark_cases_compose_the_configurations_they_name():
                 n = int(name.split(" obj")[0].rsplit(" ", 1)[1])
                 assert (cfg.data.img_size, cfg.grid.num_cell_h, cfg.model.glimpse_size) == (128, 16, 16), name
                 assert cfg.data.min_objects == cfg.data.max_objects == cfg.model.max_num_obj == n, name
+
+
+def test_benchmarks_against_a_commit_measures_both_trees_alternating(tmp_path):
+    """--against REV: each chosen case on REV (a temporary worktree) and on this tree, round after round."""
+    out = tmp_path / "ab.json"
+    tiny = ["data.batch_size=1", "data.seq_len=2", "model.max_num_obj=4", "bench.steps=1", "bench.warmup=1",
+            "bench.threads=1"]
+    proc = subprocess.run([sys.executable, "scripts/benchmarks.py", "--against", "HEAD", "--only",
+                           "64px 4x4, 10 obj, glimpse 16", "--rounds", "1", "--ab-json", str(out), "--extra", *tiny],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())["results"]
+    assert [r["code"].rsplit(" ", 1)[1] for r in results] == ["(before)", "(after)"]
+    assert all(r["case"] == "64px 4x4, 10 obj, glimpse 16, T10, B4, train" and r["overrides"][-6:] == tiny
+               and r["config"]["model"]["max_num_obj"] == 4 for r in results)
+    assert "| 64px 4x4, 10 obj, glimpse 16, T10, B4, train |" in proc.stdout and "x |" in proc.stdout
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "scalor-bench-" not in worktrees  # removed afterwards
+
+
+def test_before_after_table_takes_the_median_of_the_rounds():
+    script = _benchmarks_script()
+    rows = [{"case": "c", "code": f"abc ({kind})", "median_step_s": t, "peak_rss_mb": m}
+            for kind, t, m in (("before", 4.0, 900), ("after", 2.0, 800), ("before", 3.0, 950), ("after", 1.0, 700),
+                               ("before", 5.0, 910), ("after", 2.5, 820))]
+    assert script.ab_table(rows).splitlines()[-1] == "| c | 4.00, 3.00, 5.00 | 2.00, 1.00, 2.50 | 2.00x | 950 -> 820 |"
