@@ -45,10 +45,12 @@ EASY_T5 = EASY + ["data.seq_len=5"]  # the same on the 5-frame windows of its ea
 EASY_4X4 = EASY_T5 + ["grid=4x4", "model.glimpse_size=32"]  # the same before its 8x8 grid
 B1 = PAPER + ["data.batch_size=1", "bench.steps=3"]
 TRACK = PAPER + ["data.batch_size=1", "bench.mode=track", "bench.steps=3"]
-# what `python run.py experiment=dsprites_crowded task=track` runs (16 px glimpses), on a checkpoint it trained
+# what `python run.py experiment=dsprites_crowded task=track` runs (16 px glimpses), on a checkpoint it trained;
+# measured on its 8x8 grid (the experiment's grid before 2026-12-07, now 16x16)
 CROWDED_CKPT = "bench.ckpt_path=<dsprites_crowded>"  # replaced by --crowded-ckpt or the newest such checkpoint
-CROWDED_TRACK = ["experiment=dsprites_crowded", "data.batch_size=1", "data.seq_len=10", "bench.mode=track",
-                 "bench.steps=3"]
+CROWDED_GRID = 8
+CROWDED_TRACK = ["experiment=dsprites_crowded", f"grid={CROWDED_GRID}x{CROWDED_GRID}", "data.batch_size=1",
+                 "data.seq_len=10", "bench.mode=track", "bench.steps=3"]
 # how the step grows with the objects per frame: dsprites_dense's model (128 px, 16x16 grid, 16 px glimpses) with
 # N sprites in every frame and a cap of N objects, every proposal kept (no presence threshold, no rejection), so
 # that fresh weights track exactly N objects in every frame (the JSON's mean_count)
@@ -122,10 +124,18 @@ GPU_CASES = [
 SUITES = {False: (CASES, "benchmarks.json", "table"), True: (GPU_CASES, "benchmarks_gpu.json", "gpu-table")}
 
 
-def newest_checkpoint(experiment: str) -> Path | None:
-    """The best checkpoint of the newest finished fit run of ``experiment`` under outputs/ (None if none)."""
-    runs = sorted((ROOT / "outputs" / experiment).glob("*/checkpoints/best*.ckpt"))
-    return runs[-1].relative_to(ROOT) if runs else None
+def newest_checkpoint(experiment: str, grid: int | None = None) -> Path | None:
+    """The best checkpoint of the newest fit run of ``experiment`` under outputs/ (None if none); with ``grid``,
+    the newest whose model has that many grid cells per side."""
+    import torch
+
+    for path in sorted((ROOT / "outputs" / experiment).glob("*/checkpoints/best*.ckpt"), reverse=True):
+        if grid is not None:
+            model = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {}).get("model", {})
+            if model.get("num_cell_h") != grid:
+                continue
+        return path.relative_to(ROOT)
+    return None
 
 
 def run_case(overrides: list[str], root: Path = ROOT) -> dict:
@@ -224,8 +234,8 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true",
                         help="the GPU suite (bench.device=cuda): docs/benchmarks_gpu.json and the GPU table")
     parser.add_argument("--crowded-ckpt", default=None, type=Path,
-                        help="dsprites_crowded checkpoint for the track cases (default: the best checkpoint of the "
-                             "newest run in outputs/dsprites_crowded/)")
+                        help="dsprites_crowded checkpoint (8x8 grid) for the track cases (default: the best checkpoint "
+                             "of the newest 8x8 run in outputs/dsprites_crowded/)")
     parser.add_argument("--against", default=None, metavar="REV",
                         help="before/after: the cases (--only) on git commit REV and on this tree, alternating; "
                              "writes --ab-json and prints a table of both")
@@ -234,7 +244,7 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], metavar="OVERRIDE",
                         help="overrides added to every case (e.g. bench.threads=1)")
     args = parser.parse_args()
-    crowded = args.crowded_ckpt or newest_checkpoint("dsprites_crowded")
+    crowded = args.crowded_ckpt or newest_checkpoint("dsprites_crowded", CROWDED_GRID)
     cases, json_name, marker = SUITES[args.gpu]
     if crowded is not None:
         crowded = crowded if crowded.is_absolute() else ROOT / crowded  # also valid from a worktree
@@ -262,8 +272,9 @@ def main() -> None:
                 continue
             if CROWDED_CKPT in overrides:
                 if crowded is None:
-                    sys.exit(f"error: the case '{name}' needs a dsprites_crowded checkpoint: train one (python run.py "
-                             "experiment=dsprites_crowded) or pass --crowded-ckpt PATH, or leave it out with --only.")
+                    sys.exit(f"error: the case '{name}' needs a dsprites_crowded checkpoint of an 8x8 grid: train one "
+                             "(python run.py experiment=dsprites_crowded grid=8x8) or pass --crowded-ckpt PATH, or "
+                             "leave it out with --only.")
                 overrides = [f"bench.ckpt_path={crowded}" if o == CROWDED_CKPT else o for o in overrides]
             print(f"running: {name}", flush=True)
             result = run_case(overrides)

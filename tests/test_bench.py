@@ -91,6 +91,13 @@ def test_benchmarks_track_case_takes_the_newest_crowded_checkpoint(tmp_path, mon
     (tmp_path / "outputs" / "dsprites_crowded" / "2026-12-03_09-00-00_000000" / "checkpoints" / "last.ckpt").touch()
     assert script.newest_checkpoint("dsprites_crowded") == Path(
         "outputs/dsprites_crowded/2026-12-03_09-00-00_000000/checkpoints/best-epoch001-step000100.ckpt")
+    # the track cases measure the 8x8 model: the newest checkpoint of that grid
+    for run, grid in (("2026-12-03_09-00-00_000000", 16), ("2026-12-02_10-00-00_000000", 8)):
+        torch.save({"hyper_parameters": {"model": {"num_cell_h": grid}}},
+                   tmp_path / "outputs" / "dsprites_crowded" / run / "checkpoints" / "best-epoch001-step000100.ckpt")
+    assert script.newest_checkpoint("dsprites_crowded", script.CROWDED_GRID) == Path(
+        "outputs/dsprites_crowded/2026-12-02_10-00-00_000000/checkpoints/best-epoch001-step000100.ckpt")
+    assert "grid=8x8" in script.CROWDED_TRACK
     # the case with the trained checkpoint is the one the target is checked on
     case = next(c for c in script.CASES if script.CROWDED_CKPT in c[1] and c[3] is not None)
     assert "experiment=dsprites_crowded" in case[1] and "bench.mode=track" in case[1]
