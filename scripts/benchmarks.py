@@ -127,11 +127,12 @@ SUITES = {False: (CASES, "benchmarks.json", "table"), True: (GPU_CASES, "benchma
 def newest_checkpoint(experiment: str, grid: int | None = None) -> Path | None:
     """The best checkpoint of the newest fit run of ``experiment`` under outputs/ (None if none); with ``grid``,
     the newest whose model has that many grid cells per side."""
-    import torch
+    sys.path.insert(0, str(ROOT))
+    from scalor.launch import read_checkpoint  # memory-mapped: only the hyperparameters are read
 
     for path in sorted((ROOT / "outputs" / experiment).glob("*/checkpoints/best*.ckpt"), reverse=True):
         if grid is not None:
-            model = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {}).get("model", {})
+            model = (read_checkpoint(str(path)).get("hyper_parameters") or {}).get("model", {})
             if model.get("num_cell_h") != grid:
                 continue
         return path.relative_to(ROOT)

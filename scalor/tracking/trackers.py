@@ -160,9 +160,7 @@ class PickTracker(Tracker):
     @property
     def label(self) -> str:
         name = "pick8" if self.views == 8 else "pick" if self.views == 1 else f"pick, {self.views} views"
-        extra = ([] if self.backfill else ["no backfill"]) + (
-            [] if self.copy_iou == COPY_IOU or not self.backfill else [f"copy_iou {self.copy_iou:g}"])
-        return ", ".join([name, *extra])
+        return name + (self.streaming().label.removeprefix("backfill") if self.backfill else ", no backfill")
 
     def track(self, model: SCALOR, video: Tensor, schedule: Schedule, carry: Optional[Carry]) -> SequenceOutput:
         if carry is not None:
