@@ -4,7 +4,7 @@
     python scripts/benchmarks.py --table    # only re-render the table from docs/benchmarks.json
     python scripts/benchmarks.py --only 64px  # re-run the cases whose name contains "64px", keep the others
     python scripts/benchmarks.py --gpu      # the GPU suite: docs/benchmarks_gpu.json and its own table
-    python scripts/benchmarks.py --against main --only paper   # before/after: those cases of commit `main` (a
+    python scripts/benchmarks.py --against main --only 64px    # before/after: those cases of commit `main` (a
                                             # temporary git worktree) and of this tree, alternating, --rounds times;
                                             # docs/benchmarks_ab.json and a table of both with the speed-up
 
@@ -139,19 +139,25 @@ def newest_checkpoint(experiment: str, grid: int | None = None) -> Path | None:
     return None
 
 
+def fail(message: str) -> None:
+    """One error line on stderr, exit 2 (bad input: a revision, a case name, a checkpoint)."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_case(overrides: list[str], root: Path = ROOT) -> dict:
     """One ``python -m scalor.bench`` process in the source tree ``root``; its JSON result."""
     proc = subprocess.run([sys.executable, "-m", "scalor.bench", *overrides], cwd=root, capture_output=True,
                           text=True)
     if proc.returncode != 0:
-        sys.exit(f"error: python -m scalor.bench {' '.join(overrides)} failed in {root}:\n{proc.stderr[-3000:]}")
+        fail(f"error: python -m scalor.bench {' '.join(overrides)} failed in {root}:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def git(*args: str, cwd: Path = ROOT) -> str:
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"error: git {' '.join(args)}: {proc.stderr.strip()}")
+        fail(f"error: git {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout.strip()
 
 
@@ -253,12 +259,12 @@ def main() -> None:
         cases = [(name, overrides + args.extra, target, check) for name, overrides, target, check in cases]
     if args.against is not None:
         if args.rounds < 1:
-            sys.exit("error: --rounds must be at least 1.")
+            fail("error: --rounds must be at least 1.")
         chosen = [(name, overrides) for name, overrides, _, _ in cases if args.only is None or args.only in name]
         if not chosen:
-            sys.exit(f"error: no case name contains {args.only!r}; see CASES in scripts/benchmarks.py.")
+            fail(f"error: no case name contains {args.only!r}; see CASES in scripts/benchmarks.py.")
         if any(CROWDED_CKPT in o for _, o in chosen) and crowded is None:
-            sys.exit("error: a chosen case needs a dsprites_crowded checkpoint: pass --crowded-ckpt PATH.")
+            fail("error: a chosen case needs a dsprites_crowded checkpoint: pass --crowded-ckpt PATH.")
         chosen = [(n, [f"bench.ckpt_path={crowded}" if o == CROWDED_CKPT else o for o in overrides])
                   for n, overrides in chosen]
         print(ab_table(compare(args.against, chosen, args.rounds, args.ab_json)))
@@ -273,7 +279,7 @@ def main() -> None:
                 continue
             if CROWDED_CKPT in overrides:
                 if crowded is None:
-                    sys.exit(f"error: the case '{name}' needs a dsprites_crowded checkpoint of an 8x8 grid: train one "
+                    fail(f"error: the case '{name}' needs a dsprites_crowded checkpoint of an 8x8 grid: train one "
                              "(python run.py experiment=dsprites_crowded grid=8x8) or pass --crowded-ckpt PATH, or "
                              "leave it out with --only.")
                 overrides = [f"bench.ckpt_path={crowded}" if o == CROWDED_CKPT else o for o in overrides]

@@ -156,3 +156,11 @@ def test_before_after_table_takes_the_median_of_the_rounds():
             for kind, t, m in (("before", 4.0, 900), ("after", 2.0, 800), ("before", 3.0, 950), ("after", 1.0, 700),
                                ("before", 5.0, 910), ("after", 2.5, 820))]
     assert script.ab_table(rows).splitlines()[-1] == "| c | 4.00, 3.00, 5.00 | 2.00, 1.00, 2.50 | 2.00x | 950 -> 820 |"
+
+
+def test_benchmarks_against_an_unknown_revision_or_case_is_one_line_exit_2():
+    for args in (["--against", "no-such-revision", "--only", "64px"], ["--against", "HEAD", "--only", "no such case"]):
+        proc = subprocess.run([sys.executable, "scripts/benchmarks.py", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("error: ")
