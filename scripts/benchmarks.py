@@ -86,6 +86,13 @@ CASES = [
     ("dsprites_easy 4x4, glimpse 32 (its earlier 60-minute run), T5, B8", EASY_4X4 + ["bench.steps=5"], "(the earlier learning run)", None),
     *((f"scaling: 128px 16x16, glimpse 16, {n} obj, T10, B1, train", scaling(n), "(objects per frame)", None)
       for n in (10, 50, 100)),
+    # the crowded experiments' training steps as their yamls' CPU recipes train them (batch 4; dense: 2)
+    ("dsprites_crowded as trained on a CPU (128px 16x16, glimpse 16, T10, B4)",
+     ["experiment=dsprites_crowded", "data.batch_size=4", "bench.steps=3"], "(the learning run)", None),
+    ("mnist_crowded as trained on a CPU (128px, glimpse 16, T10, B4)",
+     ["experiment=mnist_crowded", "data.batch_size=4", "bench.steps=3"], "(the learning run)", None),
+    ("dsprites_dense as trained on a CPU (128px 16x16, glimpse 16, T10, B2)",
+     ["experiment=dsprites_dense", "data.batch_size=2", "bench.steps=3"], "(the learning run)", None),
     ("128px 8x8, 45 obj, T10, B1, track (fresh weights)", TRACK, "(glimpse 64: every slot present)", None),
     ("same, track, skip_glimpse_below=0.1", TRACK + ["execution.skip_glimpse_below=0.1"], "(approximation)", None),
     ("dsprites_crowded track (128px 8x8, 60 obj, glimpse 16), T10, B1, its trained checkpoint",

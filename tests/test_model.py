@@ -567,34 +567,49 @@ def test_speed_and_memory_options_give_the_same_loss_and_gradients(option):
         assert err < 1e-4, (name, float(err))
 
 
-@pytest.mark.parametrize("checkpoint_decoder", [False, True])
-def test_decoding_only_the_surviving_proposals_with_gradients_gives_the_same_loss_and_gradients(checkpoint_decoder):
-    """Training decodes every proposal without gradients for the accept-reject test and only the survivors of
-    rejection and the cap again with them; against decoding every proposal with gradients (the fixed-slots path)."""
+@pytest.mark.parametrize("checkpoint_decoder,img_size", [(False, 64), (True, 64), (False, 128)])
+def test_decoding_only_the_surviving_proposals_with_gradients_gives_the_same_loss_and_gradients(checkpoint_decoder,
+                                                                                               img_size):
+    """Training decodes every proposal's alpha without gradients for the accept-reject test and only the survivors
+    of rejection and the cap again, whole and with gradients; against decoding every proposal whole with gradients
+    (the fixed-slots path). Image 128: the decoder's two-conv heads, the appearance head then not run at all."""
     torch.manual_seed(0)
-    video = torch.rand(2, 3, 3, 64, 64)
+    video = torch.rand(2, 3, 3, img_size, img_size)
     runs = []
     for static in (True, False):
         torch.manual_seed(0)
-        m = tiny(max_num_obj=4, checkpoint_decoder=checkpoint_decoder)
+        m = tiny(max_num_obj=4, checkpoint_decoder=checkpoint_decoder, img_size=img_size)
         forward, decode, decoded = m.discovery.forward, m._decode, []
         m.discovery.forward = lambda *a, _static=static, **k: forward(*a, **{**k, "static": _static})
-        m._decode = lambda z: decoded.append((z.shape[0], torch.is_grad_enabled())) or decode(z)
+        m._decode = lambda z, mask_only=False: (decoded.append((z.shape[0], torch.is_grad_enabled(), mask_only))
+                                                or decode(z, mask_only=mask_only))
         out = m(video, Schedule(detach=False), deterministic=True)
         out.neg_elbo.sum().backward()
         grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
         runs.append((out.neg_elbo.detach(), grads, decoded))
     (loss_all, grads_all, dec_all), (loss_kept, grads_kept, dec_kept) = runs
     cells = 2 * 16  # batch 2, a 4x4 grid
-    with_grad = [n for n, grad in dec_kept if grad]
-    assert all(grad for _, grad in dec_all) and (cells, False) in dec_kept  # every proposal, without gradients
-    assert sum(with_grad) < sum(n for n, _ in dec_all)  # fewer glimpses decoded with gradients
-    assert max(n for n, _ in dec_kept if n != cells) <= 2 * 4  # survivors: within the cap of 4 per sequence
+    with_grad = [n for n, grad, _ in dec_kept if grad]
+    assert all(grad and not mask for _, grad, mask in dec_all)
+    assert (cells, False, True) in dec_kept  # every proposal's alpha, without gradients
+    assert all(not mask for _, grad, mask in dec_kept if grad)  # the survivors whole
+    assert sum(with_grad) < sum(n for n, *_ in dec_all)  # fewer glimpses decoded with gradients
+    assert max(n for n, *_ in dec_kept if n != cells) <= 2 * 4  # survivors: within the cap of 4 per sequence
     torch.testing.assert_close(loss_kept, loss_all, rtol=1e-6, atol=1e-3)
     assert grads_kept.keys() == grads_all.keys()
     for name, g in grads_all.items():  # batches of another size may sum in another order
         err = (g - grads_kept[name]).norm() / (g.norm() + 1e-12)
         assert err < 1e-5, (name, float(err))
+
+
+@pytest.mark.parametrize("img_size", [64, 128])  # one-conv (stacked) and two-conv decoder heads
+def test_mask_only_glimpse_is_the_glimpse_alpha_with_zero_colour(img_size):
+    m = tiny(img_size=img_size)
+    z = torch.randn(5, 64)
+    with torch.no_grad():
+        full, mask = m.glimpse_decoder.glimpse(z), m._decode(z, mask_only=True)
+    assert mask.shape == full.shape and not mask[:, :3].any()
+    torch.testing.assert_close(mask[:, 3:], full[:, 3:], rtol=1e-6, atol=1e-6)
 
 
 def test_checkpointing_auto_is_on_from_32_px_glimpses():
@@ -734,7 +749,7 @@ def test_skipping_absent_cells_keeps_the_tracks_of_present_ones():
 def _decoded_glimpses(m, video, **kw):
     """(out, number of glimpses the decoder drew) of one training pass."""
     seen = []
-    hook = m.glimpse_decoder.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    hook = m.glimpse_decoder.trunk.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
     out = m(video, Schedule(detach=False), **kw)
     hook.remove()
     return out, sum(seen)

@@ -206,9 +206,9 @@ class Discovery(nn.Module):
             e_mean, e_std = e_mean.view(b, k, -1), F.softplus(e_raw).view(b, k, -1)
             z_what = sample_normal(e_mean, e_std, deterministic)
         kept_only = active is None and not static and torch.is_grad_enabled() and z_what.requires_grad
-        if kept_only:
-            with torch.no_grad():  # for the accept-reject test; the survivors are decoded again below
-                glimpse = decoder(z_what.flatten(0, 1))
+        if kept_only:  # for the accept-reject test, alpha only; the survivors are decoded again below, and the
+            with torch.no_grad():  # others draw with presence 0, so their colour is never seen
+                glimpse = decoder(z_what.flatten(0, 1), mask_only=True)
         elif active is None:
             glimpse = decoder(z_what.flatten(0, 1))
         else:  # a skipped cell is its whole box (alpha 1, no colour) in the accept-reject test below; its presence

@@ -17,9 +17,10 @@ from torch import Tensor, nn
 
 # The glimpse networks as the model stages call them (SCALOR._encode, SCALOR._decode):
 # Encode: frame (B,3,H,W), boxes z_where (B,M,4), optional active indices -> (mean, raw std), each (B*M, D);
-# Decode: z_what (n, D) -> glimpses (n, 4, S, S) (alpha-premultiplied colour, then alpha).
+# Decode: z_what (n, D) -> glimpses (n, 4, S, S) (alpha-premultiplied colour, then alpha; with mask_only=True
+# colour 0, for what reads only alpha).
 Encode = Callable[[Tensor, Tensor, Optional[Tensor]], tuple[Tensor, Tensor]]
-Decode = Callable[[Tensor], Tensor]
+Decode = Callable[..., Tensor]
 
 
 def groups_for(channels: int) -> int:
@@ -211,7 +212,12 @@ class GlimpseDecoder(nn.Module):
         a, b = self.appearance[0], self.alpha[0]  # torch.cat keeps the weights' layout (NHWC with channels_last)
         return F.conv2d(x, torch.cat([a.weight, b.weight]), torch.cat([a.bias, b.bias]), padding=a.padding)
 
-    def glimpse(self, z_what: Tensor) -> Tensor:
-        """(n, D) -> (n, 4, S, S): alpha-premultiplied appearance o * a, then alpha a (what is rendered)."""
-        o, a = self(z_what)
-        return torch.cat([o * a, a], 1)
+    def glimpse(self, z_what: Tensor, mask_only: bool = False) -> Tensor:
+        """(n, D) -> (n, 4, S, S): alpha-premultiplied appearance o * a, then alpha a (what is rendered).
+        mask_only: colour 0 and the appearance head not run, for what reads only alpha (discovery's accept-reject
+        test) or draws with presence 0."""
+        if not mask_only:
+            o, a = self(z_what)
+            return torch.cat([o * a, a], 1)
+        a = torch.sigmoid(self.alpha(self.trunk(z_what[:, :, None, None])))
+        return torch.cat([a.new_zeros(a.shape[0], 3, *a.shape[2:]), a], 1)

@@ -100,9 +100,12 @@ class SCALOR(nn.Module):
             self._compiled[name] = torch.compile(fn, dynamic=True)
         return self._compiled[name]
 
-    def _decode(self, z_what: Tensor) -> Tensor:
+    def _decode(self, z_what: Tensor, mask_only: bool = False) -> Tensor:
         """(n, z_what_dim) -> glimpses (n, 4, S, S) (premultiplied colour, alpha); with ``checkpoint_decoder`` the
-        decoder is recomputed in backward and only z_what is kept (exact, less memory)."""
+        decoder is recomputed in backward and only z_what is kept (exact, less memory). mask_only: alpha only,
+        colour 0 (never compiled or recomputed)."""
+        if mask_only:
+            return self.glimpse_decoder.glimpse(z_what, mask_only=True)
         if self.checkpoint_decoder and torch.is_grad_enabled() and z_what.requires_grad:
             return checkpoint(self._net("decoder"), z_what, use_reentrant=False)
         return self._net("decoder")(z_what)
