@@ -27,6 +27,7 @@ from typing import Iterator
 
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 DOCS = ROOT / "docs"
 # the dsprites_crowded data at 128 px with a glimpse-64, 45-object model
 CROWDED64 = ["experiment=dsprites_crowded", "data.img_size=128", "grid=8x8", "data.seq_len=10",
@@ -134,7 +135,6 @@ SUITES = {False: (CASES, "benchmarks.json", "table"), True: (GPU_CASES, "benchma
 def newest_checkpoint(experiment: str, grid: int | None = None) -> Path | None:
     """The best checkpoint of the newest fit run of ``experiment`` under outputs/ (None if none); with ``grid``,
     the newest whose model has that many grid cells per side."""
-    sys.path.insert(0, str(ROOT))
     from scalor.launch import read_checkpoint  # memory-mapped: only the hyperparameters are read
 
     for path in sorted((ROOT / "outputs" / experiment).glob("*/checkpoints/best*.ckpt"), reverse=True):

@@ -220,4 +220,4 @@ class GlimpseDecoder(nn.Module):
             o, a = self(z_what)
             return torch.cat([o * a, a], 1)
         a = torch.sigmoid(self.alpha(self.trunk(z_what[:, :, None, None])))
-        return torch.cat([a.new_zeros(a.shape[0], 3, *a.shape[2:]), a], 1)
+        return F.pad(a, (0, 0, 0, 0, 3, 0))  # three zero colour channels before alpha
