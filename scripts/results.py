@@ -310,10 +310,13 @@ def section(run_dir: Path, docs: Path, earlier: bool = False) -> str:
     out = docs / rel
     out.mkdir(parents=True, exist_ok=True)
     heading = f"#### {name}, earlier run" if earlier else f"### {name}"
+    resumed = re.search(r"(?:^|\s)ckpt_path=(\S+)", summary["command"])
+    before = (f" (a fit resumed from `{resumed.group(1)}`: the command's time leaves out the part before, its steps "
+              "count it)") if resumed else ""
     lines = [heading, "", f"`{summary['command']}`", "",
              f"Run folder `{run_dir.name}`; {summary['hardware']}; {duration(summary['wall_seconds'])} from start "
              f"to end of the command (data generation, training, validation, test); {summary['steps']} optimiser "
-             "steps.", "",
+             f"steps{before}.", "",
              "| test | tracker | " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
     lines += ["| " + " | ".join([label, r.get("tracker") or "—"] + [fmt(r["metrics"].get(k)) for _, k in COLUMNS])
               + " |" for label, r in rows]

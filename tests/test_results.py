@@ -108,6 +108,9 @@ def test_results_page_with_earlier_runs_of_an_experiment(tmp_path):
     for run in (old, new):
         (run / "csv" / "version_0").mkdir(parents=True)
         (run / "csv" / "version_0" / "metrics.csv").write_text("step,train/neg_elbo\n0,-100\n5,-200\n")
+    summary = json.loads((new / "summary.json").read_text())  # the new run resumed the old one's fit
+    summary["command"] = "python run.py experiment=easy ckpt_path=outputs/easy/old/checkpoints/last.ckpt"
+    (new / "summary.json").write_text(json.dumps(summary))
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "results.md").write_text("<!-- results:start -->\n<!-- results:end -->\n")
@@ -115,6 +118,8 @@ def test_results_page_with_earlier_runs_of_an_experiment(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     page = (docs / "results.md").read_text()
+    assert page.count("a fit resumed from `outputs/easy/old/checkpoints/last.ckpt`") == 1
+    assert page.index("a fit resumed from") < page.index("#### easy, earlier run")
     assert page.index("### easy") < page.index("| fit | — | 0.200 |") < page.index("#### easy, earlier run")
     assert page.index("#### easy, earlier run") < page.index("| fit | — | 0.100 |")
     assert "(results/easy/curves.png)" in page and "(results/easy/old/curves.png)" in page
