@@ -139,7 +139,6 @@ class SCALORLitModule(L.LightningModule):
         self._log_terms("train", out, loss, on_step=True, on_epoch=False)
         values = {"tau": schedule.tau, "z_pres_prior": schedule.z_pres_prior, "detach": float(schedule.detach),
                   "bg_alpha_curriculum": float(schedule.bg_alpha_curriculum),
-                  "hold_presence": float(schedule.hold_presence),
                   "sigma": self.model.pixel_sigma(schedule)}
         self.log_dict({f"schedule/{k}": float(v) for k, v in values.items()}, on_step=True, on_epoch=False,
                       batch_size=out.log_like.shape[0])

@@ -25,8 +25,7 @@ class Schedule:
     detach: detach the carried object state between frames; bg_alpha_curriculum: replace the
     discovery alpha canvases by a constant (docs/model.md §4.5); sigma: the pixel likelihood's std for
     this step (None: the model's ``sigma``); reject_duplicates: whether training rejects duplicates at
-    discovery in this step (with ``model.reject_duplicates``; inference always does); hold_presence: every
-    object not switched off draws with presence 1, its presence's gradient passed straight through.
+    discovery in this step (with ``model.reject_duplicates``; inference always does).
     """
 
     tau: float = 1.0
@@ -35,7 +34,6 @@ class Schedule:
     bg_alpha_curriculum: bool = False
     sigma: Optional[float] = None
     reject_duplicates: bool = True
-    hold_presence: bool = False
 
 
 def tau_at(step: int, start: float = 1.0, end: float = 0.5, decay_steps: float = 20000.0) -> float:
@@ -64,10 +62,6 @@ class Curriculum:
     ``sigma_anneal_begin``, then goes linearly to ``sigma_end`` over ``sigma_anneal_steps``. With
     ``reject_duplicates_until`` (not in the reference), training rejects duplicates at discovery (where
     ``model.reject_duplicates`` is on) only before that step and lets the objective alone sort them out after.
-    With ``hold_presence_steps`` (not in the reference), for that many steps every object that is not switched
-    off (rejected, over the cap, stopped) draws whole, with presence 1, while its presence still learns from
-    the gradient passed straight through: glimpses learn to draw what the background misses before the
-    likelihood can switch their objects off.
     """
 
     tau_start: float = 1.0
@@ -85,7 +79,6 @@ class Curriculum:
     sigma_anneal_begin: int = 0
     sigma_anneal_steps: int = 0
     reject_duplicates_until: Optional[int] = None
-    hold_presence_steps: int = 0
 
     def __post_init__(self) -> None:
         if (self.sigma_start is None) != (self.sigma_end is None):
@@ -98,10 +91,6 @@ class Curriculum:
         if until is not None and (isinstance(until, bool) or not isinstance(until, int) or until < 0):
             raise ConfigError(f"curriculum.reject_duplicates_until={until!r} must be an optimiser step >= 0 (e.g. 600) "
                               "or null (duplicates rejected throughout training).")
-        hold = self.hold_presence_steps
-        if isinstance(hold, bool) or not isinstance(hold, int) or hold < 0:
-            raise ConfigError(f"curriculum.hold_presence_steps={hold!r} must be a number of optimiser steps >= 0 "
-                              "(e.g. 200; 0: presence never held).")
 
     def at(self, global_step: int) -> Schedule:
         """Schedule for the optimiser update that follows ``global_step`` completed updates."""
@@ -117,5 +106,4 @@ class Curriculum:
                 post - self.sigma_anneal_begin, self.sigma_start, self.sigma_end, self.sigma_anneal_steps
             ),
             reject_duplicates=self.reject_duplicates_until is None or post < self.reject_duplicates_until,
-            hold_presence=post < self.hold_presence_steps,
         )

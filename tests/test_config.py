@@ -215,15 +215,6 @@ def test_duplicate_rejection_schedule():
     assert not cur.at(599).reject_duplicates and not cur.at(10**6).reject_duplicates
 
 
-def test_presence_hold_schedule():
-    assert not Curriculum().at(0).hold_presence  # off by default
-    cur = Curriculum(hold_presence_steps=200)
-    assert cur.at(0).hold_presence and cur.at(198).hold_presence and not cur.at(199).hold_presence
-    for bad in (-1, True, 2.5):
-        with pytest.raises(ConfigError, match="hold_presence_steps"):
-            Curriculum(hold_presence_steps=bad)
-
-
 def test_curriculum_group_composes(compose_cfg):
     cfg = compose_cfg("curriculum=bg_alpha")
     assert cfg.curriculum.bg_alpha_curriculum and cfg.curriculum.tau_decay_steps == 20000

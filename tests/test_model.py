@@ -357,23 +357,6 @@ def test_bg_alpha_curriculum_removes_the_background():
     torch.testing.assert_close(out.recon, out.visuals["fg"])
 
 
-def test_held_presence_draws_whole_and_passes_the_gradient_through():
-    torch.manual_seed(0)
-    m = tiny()
-    video = torch.rand(1, 3, 3, 64, 64)
-    torch.manual_seed(1)
-    free = m(video, Schedule())
-    torch.manual_seed(1)
-    held = m(video, Schedule(hold_presence=True))
-    on = held.presence > 0
-    assert on.any() and (held.presence[on] == 1).all()
-    assert ((free.presence > 0) & (free.presence < 1)).any()  # unheld, objects draw with soft presence
-    assert int(held.counts[0, 0]) >= int(free.counts[0, 0])  # the same first-frame samples, none switched off
-    held.log_like.sum().backward()  # the likelihood reaches both presence heads, straight through
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.discovery.proposal.pres_head.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.propagation.pres_net.parameters())
-
-
 def test_scheduled_sigma_is_the_likelihood_std():
     torch.manual_seed(0)
     m = tiny(sigma=0.1).eval()

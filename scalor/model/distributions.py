@@ -21,11 +21,6 @@ def clamp_st(x: Tensor, eps: float = EPS) -> Tensor:
     return x + (x.clamp(eps, 1 - eps) - x).detach()
 
 
-def hold_st(z_pres: Tensor) -> Tensor:
-    """Straight-through hold of a presence: 1 forward wherever it is above 0 (0 stays 0), identity gradient."""
-    return z_pres + ((z_pres.detach() > 0).to(z_pres.dtype) - z_pres.detach())
-
-
 def sample_normal(mean: Tensor, std: Tensor, deterministic: bool) -> Tensor:
     """Reparameterised N(mean, std) sample (the mean when deterministic). Any shape."""
     if deterministic:

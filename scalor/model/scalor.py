@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from .background import Background
 from .config import SCALORConfig
 from .discovery import Discovery, DiscoveryStep
 from .execution import ExecutionOptions
-from .distributions import EPS, clamp_st, hold_st, normal_log_prob
+from .distributions import EPS, clamp_st, normal_log_prob
 from .encoders import GlimpseDecoder, GlimpseEncoder, ImageEncoder
 from .propagation import Propagation, PropagationStep
 from .render import (BoxCoder, Windows, boxes_to_xyxy, extract, gather_windows, mask_boxes, scatter_windows, scatter_windows_amax,
@@ -252,8 +252,6 @@ class SCALOR(nn.Module):
             if n_alive > 0:
                 prop = self.propagation(state, f_t, frame, schedule.tau, self._encode, self._decode, det,
                                         imagine, log_imp)
-                if schedule.hold_presence:
-                    prop = replace(prop, z_pres=hold_st(prop.z_pres))
                 prop_c = self._canvases(prop.windows, prop.z_pres, prop.z_depth)
                 alpha_prop = clamp_st(prop_c.alpha).detach()
             else:
@@ -264,8 +262,6 @@ class SCALOR(nn.Module):
                                   imagine=imagine, log_imp=log_imp,
                                   skip_below=0.0 if self.training else self.skip_glimpse_below,
                                   static=fixed_slots)
-            if schedule.hold_presence:
-                disc = replace(disc, z_pres=hold_st(disc.z_pres))
             for key in ("kl_what", "kl_where", "kl_depth", "kl_pres"):
                 terms[key].append(getattr(disc, key) + (getattr(prop, key) if prop is not None else 0))
             terms["log_imp"].append(disc.log_imp + (prop.log_imp if prop is not None else 0))
