@@ -310,7 +310,7 @@ def section(run_dir: Path, docs: Path, earlier: bool = False) -> str:
     out = docs / rel
     out.mkdir(parents=True, exist_ok=True)
     heading = f"#### {name}, earlier run" if earlier else f"### {name}"
-    resumed = re.search(r"(?:^|\s)ckpt_path=(\S+)", summary["command"])
+    resumed = re.search(r"(?:^|\s)ckpt_path=(?!null(?:\s|$))(\S+)", summary["command"])
     before = (f" (a fit resumed from `{resumed.group(1)}`: the command's time leaves out the part before, its steps "
               "count it)") if resumed else ""
     lines = [heading, "", f"`{summary['command']}`", "",

@@ -111,6 +111,9 @@ def test_results_page_with_earlier_runs_of_an_experiment(tmp_path):
     summary = json.loads((new / "summary.json").read_text())  # the new run resumed the old one's fit
     summary["command"] = "python run.py experiment=easy ckpt_path=outputs/easy/old/checkpoints/last.ckpt"
     (new / "summary.json").write_text(json.dumps(summary))
+    summary = json.loads((old / "summary.json").read_text())  # an explicit null is no resumption
+    summary["command"] = "python run.py experiment=easy ckpt_path=null"
+    (old / "summary.json").write_text(json.dumps(summary))
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "results.md").write_text("<!-- results:start -->\n<!-- results:end -->\n")
