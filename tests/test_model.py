@@ -8,7 +8,7 @@ import torch
 
 from scalor.errors import ConfigError
 from scalor.model import SCALOR, ExecutionOptions, SCALORConfig, Schedule
-from scalor.model.discovery import Discovery
+from scalor.model.discovery import Discovery, keep_most_present
 from scalor.model.distributions import kl_bernoulli, kl_normal
 from scalor.model.encoders import GlimpseDecoder, GlimpseEncoder
 from scalor.model.render import (BoxCoder, extract, gather_windows, mask_boxes, render_full, render_windows,
@@ -199,6 +199,8 @@ def test_duplicate_proposals_keep_only_the_most_present():
     assert dup[0].tolist() == [True, True, False, False, False]  # covered by the stronger copy
     tie = disc._duplicates(win, mask, area, None, torch.ones(1, 5))
     assert not tie[0, 0] and tie[0, 1]  # ties: the earlier cell wins
+    logits = disc._duplicates(win, mask, area, None, torch.ones(1, 5), torch.tensor([[20.0, 30.0, 25.0, 1.0, 1.0]]))
+    assert logits[0].tolist() == [True, False, True, False, False]  # saturated alike: the larger logit wins
 
 
 @pytest.mark.parametrize("min_iou,kept", [(0.0, False), (0.6, True)])
@@ -778,6 +780,17 @@ def test_cap_keeps_tied_saturated_cells_up_to_the_budget():
     with torch.no_grad():
         out = m(torch.rand(1, 2, 3, 64, 64), Schedule(tau=0.5))
     assert out.counts[0, 0] == 5
+
+
+def test_cap_ranks_saturated_presences_by_their_logits():
+    """Tied presences (several at exactly 1.0) are told apart by their logits, not kept in raster order; cells
+    of presence 0 never take the budget's places."""
+    z_pres = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 0.7], [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    assert torch.sigmoid(torch.tensor(20.0)) == torch.sigmoid(torch.tensor(40.0)) == 1.0  # float32 saturates
+    rank_by = torch.tensor([[20.0, 35.0, 25.0, 40.0, 99.0, 0.8], [20.0, 20.0, 99.0, 99.0, 5.0, 5.0]])
+    kept = keep_most_present(z_pres, rank_by, torch.tensor([2, 3]))
+    assert kept.tolist() == [[False, True, False, True, False, False], [True, True, False, False, False, False]]
+    assert keep_most_present(z_pres, rank_by, torch.tensor([5, 0])).sum(-1).tolist() == [5, 0]
 
 
 def test_mask_boxes_are_the_tight_boxes_of_the_drawn_alpha():

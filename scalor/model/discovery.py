@@ -9,12 +9,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributions import (bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob, prob_to_logit,
-                            relaxed_bernoulli, sample_normal)
+                            relaxed_bernoulli_logit, sample_normal)
 from .encoders import Decode, Encode, cg, log2_int
 from .render import (BoxCoder, Windows, gather_windows, mask_overlaps, render_windows, scatter_windows_amax,
                      window_masks)
 
 PRES_LOGIT_FACTOR = 8.8
+
+
+def keep_most_present(z_pres: Tensor, rank_by: Tensor, budget: Tensor) -> Tensor:
+    """The cap: (B,K) bool, True for the (at most) budget (B,) most present cells of z_pres (B,K), ranked by
+    rank_by (B,K), their presences' logits (before the sigmoid, so presences saturated at exactly 1.0 are still
+    told apart); cells of presence 0 are never kept, and equal logits keep raster order. The reference keeps values strictly above the
+    next-largest one, which drops every cell where presences tie; a stable sort on the presences alone keeps
+    the first ones in raster order (a frame's top rows)."""
+    present = z_pres > 0
+    order = torch.sort(torch.where(present, rank_by, torch.finfo(rank_by.dtype).min), dim=-1, descending=True,
+                       stable=True).indices
+    in_budget = torch.arange(z_pres.shape[1], device=order.device) < budget[:, None]
+    return torch.zeros_like(in_budget).scatter(1, order, in_budget) & present
 
 
 @dataclass
@@ -124,10 +137,12 @@ class Discovery(nn.Module):
         ty = 2.0 / gh * (self.cell_xy[:, 1] + 0.5 + self.center_range * torch.tanh(raw[..., 3])) - 1
         return torch.stack([sx, sy, tx, ty], -1)
 
-    def _duplicates(self, win: Windows, mask: Tensor, area: Tensor, full: Tensor | None, strength: Tensor) -> Tensor:
+    def _duplicates(self, win: Windows, mask: Tensor, area: Tensor, full: Tensor | None, strength: Tensor,
+                    rank_by: Tensor | None = None) -> Tensor:
         """(B,K) bool: proposals that a more present proposal of the same frame explains. mask (B,K,wh,ww),
         area (B,K) its pixel counts, full (B,K,H*W) the masks on full canvases (needed with duplicate_min_iou),
-        strength (B,K) (a proposal of strength 0 covers nothing; ties go to the earlier cell).
+        strength (B,K) (a proposal of strength 0 covers nothing), ranked by rank_by (B,K) (default: strength; the
+        presences' logits tell saturated presences apart as the cap's do); ties go to the earlier cell.
 
         duplicate_min_iou = 0: the masks of all stronger proposals together cover at least
         ``explained_ratio_threshold`` of the proposal's mask (one scatter-max of ranks over the frame, no K x K).
@@ -137,7 +152,8 @@ class Discovery(nn.Module):
         """
         min_iou = self.duplicate_min_iou
         k = strength.shape[1]
-        order = torch.sort(strength, dim=-1, descending=True, stable=True).indices
+        key = strength if rank_by is None else torch.where(strength > 0, rank_by, torch.finfo(rank_by.dtype).min)
+        order = torch.sort(key, dim=-1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(k, 0, -1, device=order.device).expand_as(order))
         if min_iou <= 0:  # rank: K for the strongest proposal, 1 for the weakest
             on = mask & (strength > 0)[..., None, None]
@@ -187,7 +203,8 @@ class Discovery(nn.Module):
             d_std, w_std = F.softplus(d_raw), F.softplus(w_raw)
             z_depth = sample_normal(d_mean, d_std, deterministic)
             raw_where = sample_normal(w_mean, w_std, deterministic)
-        z_pres_relaxed = relaxed_bernoulli(logit, tau, deterministic)
+        pres_logit = relaxed_bernoulli_logit(logit, tau, deterministic)
+        z_pres_relaxed = torch.sigmoid(pres_logit)
         z_where = self.decode_where(raw_where)
         s = self.glimpse_size
         active = None
@@ -237,16 +254,13 @@ class Discovery(nn.Module):
             covered = mask & (gather_windows(win, alpha_prop, self.img_hw)[:, :, 0] > 0.1)
             accept = covered.flatten(2).sum(-1) < self.explained_ratio_threshold * area
         if dedup:
-            accept = accept & ~self._duplicates(win, mask, area, full, z_pres_relaxed.detach() * accept)
+            accept = accept & ~self._duplicates(win, mask, area, full, z_pres_relaxed.detach() * accept,
+                                                pres_logit.detach())
         z_pres = z_pres_relaxed * accept
 
-        # Cap: only the max_num_obj - lengths most present cells survive. The reference keeps values
-        # strictly above the next-largest one, which drops every cell when presences tie (e.g. several
-        # saturated at exactly 1.0); ranking with a stable sort keeps ties in raster order instead.
+        # Cap: only the max_num_obj - lengths most present cells survive.
         budget = (self.max_num_obj - lengths).clamp(min=0)
-        order = torch.sort(z_pres.detach(), dim=-1, descending=True, stable=True).indices
-        in_budget = torch.arange(k, device=order.device) < budget[:, None]
-        z_pres = z_pres * torch.zeros_like(in_budget).scatter(1, order, in_budget)
+        z_pres = z_pres * keep_most_present(z_pres.detach(), pres_logit.detach(), budget)
         if kept_only:  # the survivors' windows with gradients, the others' as rendered (their gradient is 0)
             kept = (z_pres.detach() != 0).flatten().nonzero()[:, 0]
             if kept.numel():

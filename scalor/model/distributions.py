@@ -28,13 +28,19 @@ def sample_normal(mean: Tensor, std: Tensor, deterministic: bool) -> Tensor:
     return mean + std * torch.randn_like(mean)
 
 
-def relaxed_bernoulli(logit: Tensor, tau: float, deterministic: bool) -> Tensor:
-    """Binary-concrete sample z = sigmoid((logit + log u - log(1 - u)) / tau). Any shape."""
+def relaxed_bernoulli_logit(logit: Tensor, tau: float, deterministic: bool) -> Tensor:
+    """A binary-concrete sample before its sigmoid: (logit + log u - log(1 - u)) / tau (logit / tau when
+    deterministic). Any shape."""
     if deterministic:
-        return torch.sigmoid(logit / tau)
+        return logit / tau
     eps = torch.finfo(logit.dtype).eps
     u = torch.rand_like(logit).clamp(eps, 1 - eps)
-    return torch.sigmoid((logit + u.log() - torch.log1p(-u)) / tau)
+    return (logit + u.log() - torch.log1p(-u)) / tau
+
+
+def relaxed_bernoulli(logit: Tensor, tau: float, deterministic: bool) -> Tensor:
+    """Binary-concrete sample z = sigmoid((logit + log u - log(1 - u)) / tau). Any shape."""
+    return torch.sigmoid(relaxed_bernoulli_logit(logit, tau, deterministic))
 
 
 def prob_to_logit(p: Tensor) -> Tensor:
