@@ -42,10 +42,11 @@ def test_default_is_the_quick_experiment_with_the_reference_optimiser_defaults(c
         tuned = compose_cfg(f"experiment={name}", tiny=False)
         assert tuned.optimizer._target_ == "torch.optim.Adam" and tuned.train_seq_len == 10, name
         assert tuned.model.sigma == 0.15 and tuned.model.reject_duplicates and tuned.model.no_background, name
-    mnist = compose_cfg("experiment=mnist_crowded", tiny=False)  # its learning rate cut every 300 steps
-    opt = instantiate(mnist.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
-    sched = instantiate(mnist.scheduler)(optimizer=opt)
-    assert isinstance(sched, torch.optim.lr_scheduler.StepLR) and (sched.step_size, sched.gamma) == (300, 0.3)
+    for name in ("dsprites_crowded", "mnist_crowded", "dsprites_dense"):  # the learning rate cut every 300 steps
+        crowded = compose_cfg(f"experiment={name}", tiny=False)
+        opt = instantiate(crowded.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+        sched = instantiate(crowded.scheduler)(optimizer=opt)
+        assert isinstance(sched, torch.optim.lr_scheduler.StepLR) and (sched.step_size, sched.gamma) == (300, 0.3)
     easy = compose_cfg("experiment=dsprites_easy", tiny=False)  # training rejects duplicates until step 600 only
     assert easy.curriculum.reject_duplicates_until == 600 and easy.curriculum.remove_detach_step == 600
     # offline tracks: backfilled, the better direction of 8 views; inside the fit, validation of one view
