@@ -20,9 +20,9 @@ PRES_LOGIT_FACTOR = 8.8
 def keep_most_present(z_pres: Tensor, rank_by: Tensor, budget: Tensor) -> Tensor:
     """The cap: (B,K) bool, True for the (at most) budget (B,) most present cells of z_pres (B,K), ranked by
     rank_by (B,K), their presences' logits (before the sigmoid, so presences saturated at exactly 1.0 are still
-    told apart); cells of presence 0 are never kept, and equal logits keep raster order. The reference keeps values strictly above the
-    next-largest one, which drops every cell where presences tie; a stable sort on the presences alone keeps
-    the first ones in raster order (a frame's top rows)."""
+    told apart); cells of presence 0 are never kept, and equal logits keep raster order. The reference keeps
+    values strictly above the next-largest one, which drops every cell where presences tie; a stable sort on
+    the presences alone would keep the first ones in raster order (a frame's top rows)."""
     present = z_pres > 0
     order = torch.sort(torch.where(present, rank_by, torch.finfo(rank_by.dtype).min), dim=-1, descending=True,
                        stable=True).indices
